@@ -1,0 +1,124 @@
+//! `serval inspect`: every signature of every served version, the engine and why.
+
+use clap::Args;
+use serde_json::json;
+use serval_core::{Model, TensorSpec};
+
+use crate::RepositoryArgs;
+
+/// Arguments of `serval inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// Only this model (default: every model in the repository).
+    model: Option<String>,
+    /// Only this version (default: the versions the version policy serves).
+    #[arg(long, requires = "model")]
+    version: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let repository = args.repository.open()?;
+    let names = match &args.model {
+        Some(model) => vec![model.clone()],
+        None => repository.model_names()?,
+    };
+    let mut models = Vec::new();
+    for name in &names {
+        match args.version {
+            Some(v) => models.push(repository.load(name, Some(v))?),
+            None => models.extend(repository.load_served(name)?),
+        }
+    }
+    if args.json {
+        let described: Vec<_> = models.iter().map(describe).collect();
+        println!("{}", serde_json::to_string_pretty(&described)?);
+    } else {
+        for model in &models {
+            print_text(model);
+        }
+    }
+    Ok(())
+}
+
+/// The machine-readable description of one model version (`--json`).
+pub fn describe(model: &Model) -> serde_json::Value {
+    let cfg = model.config();
+    json!({
+        "model": model.name(),
+        "version": model.version(),
+        "path": model.path(),
+        "backend": model.backend_choice().kind,
+        "backend_reason": model.backend_choice().reason,
+        "key": cfg.key,
+        "class_labels": cfg.class_labels,
+        "version_labels": cfg.versions.labels,
+        "operators": model.graph().operators,
+        "signatures": model.signatures().iter().map(|s| json!({
+            "name": s.name,
+            "inputs": s.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "outputs": s.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "postprocess": s.postprocess,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn spec_json(spec: &TensorSpec) -> serde_json::Value {
+    json!({"name": spec.name, "datatype": spec.data_type, "shape": spec.shape_i64()})
+}
+
+fn print_text(model: &Model) {
+    let cfg = model.config();
+    let choice = model.backend_choice();
+    println!(
+        "model '{}' version {} ({})",
+        model.name(),
+        model.version(),
+        model.path().display()
+    );
+    println!("  backend: {} ({})", choice.kind.as_str(), choice.reason);
+    println!("  key field: {}", cfg.key);
+    if !cfg.class_labels.is_empty() {
+        println!("  class labels: {}", cfg.class_labels.join(", "));
+    }
+    if !cfg.versions.labels.is_empty() {
+        let labels: Vec<String> = cfg
+            .versions
+            .labels
+            .iter()
+            .map(|(l, v)| format!("{l}={v}"))
+            .collect();
+        println!("  version labels: {}", labels.join(", "));
+    }
+    for signature in model.signatures() {
+        println!("  signature_def['{}']:", signature.name);
+        println!("    inputs:");
+        for spec in &signature.inputs {
+            println!(
+                "      {}: {} {:?}",
+                spec.name,
+                spec.data_type.tf_name(),
+                spec.shape_i64()
+            );
+        }
+        println!("    outputs:");
+        for spec in &signature.outputs {
+            println!(
+                "      {}: {} {:?}",
+                spec.name,
+                spec.data_type.tf_name(),
+                spec.shape_i64()
+            );
+        }
+        for step in &signature.postprocess {
+            println!(
+                "    postprocess: {}",
+                serde_json::to_string(step).unwrap_or_default()
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `serval`: the one binary. Parses flags and calls the library crates; no serving logic here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serval_core::{ModelRepository, RepositoryOptions};
+
+mod inspect;
+mod predict;
+
+/// Serval: serve exported ONNX models resiliently — in-process, online, in bulk.
+#[derive(Parser)]
+#[command(name = "serval", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Predict JSON Lines or CSV instances in-process (the prediction-library mode).
+    Predict(predict::PredictArgs),
+    /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
+    Inspect(inspect::InspectArgs),
+}
+
+/// Where the models are and how to load them.
+#[derive(Args)]
+struct RepositoryArgs {
+    /// Model repository: <repo>/<model>/<version>/model.onnx, optional <repo>/<model>/config.toml.
+    repository: PathBuf,
+    /// Path of libonnxruntime.so for the ONNX Runtime backend (default: the onnxruntime Python package).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+}
+
+impl RepositoryArgs {
+    fn open(&self) -> anyhow::Result<ModelRepository> {
+        let options = RepositoryOptions {
+            ort_library: self.ort_library.clone(),
+            instances: None,
+        };
+        Ok(ModelRepository::open(&self.repository, options)?)
+    }
+}
+
+fn main() -> ExitCode {
+    // tract raises anyhow errors on hot paths; capturing backtraces for them doubles latency.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SERVAL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Predict(args) => predict::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

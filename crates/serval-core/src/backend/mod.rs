@@ -1,0 +1,148 @@
+//! The engine contract: run one batch of named tensors through one loaded graph.
+//!
+//! A [`Backend`] is loaded once per model version and shared by every thread; engines keep
+//! per-thread run state in a [`pool::Pool`], so nothing is loaded on the request path.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::BackendPreference;
+use crate::graph::{GraphInfo, TractHazard};
+use crate::tensor::Tensor;
+
+#[cfg(feature = "ort")]
+pub mod ort;
+pub mod pool;
+pub mod tract;
+
+/// A loaded graph, ready to run batches from any thread.
+pub trait Backend: Send + Sync {
+    /// Runs one batch. `inputs` are in graph input order; outputs come back in graph output order.
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+}
+
+/// Which engine runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract, pure Rust.
+    Tract,
+    /// ONNX Runtime through the `ort` crate.
+    Ort,
+}
+
+impl BackendKind {
+    /// Short name (`tract`, `ort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        }
+    }
+}
+
+/// The engine chosen for a model version, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendChoice {
+    /// The engine.
+    pub kind: BackendKind,
+    /// Why it was chosen, for `serval inspect`.
+    pub reason: String,
+}
+
+/// Picks the engine for `graph` under the config's preference, or explains why none fits.
+///
+/// `ort_status` is `Ok(())` when ONNX Runtime is loaded, else the reason it is not.
+pub fn choose(
+    preference: BackendPreference,
+    graph: &GraphInfo,
+    ort_status: Result<(), &str>,
+) -> Result<BackendChoice, String> {
+    let fatal: Vec<&str> = graph
+        .tract_hazards
+        .iter()
+        .filter(|h| h.is_fatal())
+        .map(TractHazard::reason)
+        .collect();
+    let slow: Vec<&str> = graph
+        .tract_hazards
+        .iter()
+        .filter(|h| !h.is_fatal())
+        .map(TractHazard::reason)
+        .collect();
+    let choice = |kind, reason: String| Ok(BackendChoice { kind, reason });
+    match preference {
+        BackendPreference::Tract if !fatal.is_empty() => Err(format!(
+            "backend = \"tract\" refused: {}; use backend = \"ort\" or \"auto\"",
+            fatal.join("; ")
+        )),
+        BackendPreference::Tract => {
+            choice(BackendKind::Tract, "configured: backend = \"tract\"".into())
+        }
+        BackendPreference::Ort => match ort_status {
+            Ok(()) => choice(BackendKind::Ort, "configured: backend = \"ort\"".into()),
+            Err(why) => Err(format!(
+                "backend = \"ort\" but ONNX Runtime is unavailable: {why}"
+            )),
+        },
+        BackendPreference::Auto => match (fatal.is_empty(), slow.is_empty(), ort_status) {
+            (true, true, _) => choice(
+                BackendKind::Tract,
+                "auto: tract runs every operator of this graph correctly".into(),
+            ),
+            (_, _, Ok(())) => {
+                let reasons: Vec<&str> = fatal.iter().chain(&slow).copied().collect();
+                choice(BackendKind::Ort, format!("auto: {}", reasons.join("; ")))
+            }
+            (true, false, Err(why)) => choice(
+                BackendKind::Tract,
+                format!(
+                    "auto: {} (ONNX Runtime unavailable: {why})",
+                    slow.join("; ")
+                ),
+            ),
+            (false, _, Err(why)) => Err(format!(
+                "needs ONNX Runtime because {}; but it is unavailable: {why}",
+                fatal.join("; ")
+            )),
+        },
+    }
+}
+
+/// Loads `model_path` on the chosen engine with `instances` parallel run states.
+pub fn load(
+    kind: BackendKind,
+    model_path: &Path,
+    graph: &GraphInfo,
+    instances: usize,
+) -> Result<Arc<dyn Backend>, String> {
+    match kind {
+        BackendKind::Tract => Ok(Arc::new(tract::TractBackend::load(
+            model_path, graph, instances,
+        )?)),
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Arc::new(ort::OrtBackend::load(
+            model_path, graph, instances,
+        )?)),
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => {
+            Err("this build of Serval has no ONNX Runtime support (feature `ort`)".into())
+        }
+    }
+}
+
+/// Whether ONNX Runtime can be used in this process, initialising it on first call.
+///
+/// The library is looked up in `explicit`, then `ORT_DYLIB_PATH`, then the `onnxruntime`
+/// Python package; only the first call's `explicit` counts (the runtime is process-wide).
+pub fn ort_status(explicit: Option<&Path>) -> Result<(), String> {
+    #[cfg(feature = "ort")]
+    return ort::runtime(explicit).map(|_| ());
+    #[cfg(not(feature = "ort"))]
+    {
+        let _ = explicit;
+        Err("this build of Serval has no ONNX Runtime support (feature `ort`)".into())
+    }
+}

@@ -1,0 +1,356 @@
+//! The optional per-model `config.toml`: everything has a default derived from the ONNX graph.
+//!
+//! ```toml
+//! backend = "auto"              # auto | tract | ort
+//! key = "key"                   # instance field carrying the client's key
+//! class_labels = ["setosa", "versicolor", "virginica"]
+//! [inputs]                      # graph input name -> public name
+//! X = "features"
+//! [signatures.classify]
+//! outputs = ["label", "probabilities"]
+//! postprocess = [{ op = "softmax", from = "logits", to = "probabilities" },
+//!                { op = "argmax", from = "probabilities", to = "label" }]
+//! [batching]
+//! max_batch_size = 64
+//! [versions]
+//! policy = { latest = 2 }       # or "all", or { specific = [1, 3] }
+//! labels = { stable = 1, canary = 2 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name of the per-model config, beside the version directories.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A model's configuration. Unknown keys are rejected so typos do not pass silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Which inference engine runs the model.
+    pub backend: BackendPreference,
+    /// Name of the per-instance key field (never fed to the model).
+    pub key: String,
+    /// Whether servers mint a key for instances that carry none.
+    pub mint_keys: bool,
+    /// Whether NaN is accepted in float inputs (refused by default: it is almost always a bug upstream).
+    pub allow_nan: bool,
+    /// Class names, indexed by class id; used by `argmax`, `threshold` and `top_k`.
+    pub class_labels: Vec<String>,
+    /// Renames of graph inputs: graph name -> public name.
+    pub inputs: BTreeMap<String, String>,
+    /// Renames of graph outputs: graph name -> public name.
+    pub outputs: BTreeMap<String, String>,
+    /// Named signatures. `serving_default` returns the raw (renamed) outputs unless set here.
+    pub signatures: BTreeMap<String, SignatureConfig>,
+    /// Dynamic batching limits (used by the server).
+    pub batching: BatchingConfig,
+    /// Version policy and labels (used by the server).
+    pub versions: VersionConfig,
+    /// Engine sessions (ONNX Runtime) or run states (tract) kept per loaded version; defaults to
+    /// the number of cores.
+    pub instances: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> ModelConfig {
+        ModelConfig {
+            backend: BackendPreference::Auto,
+            key: "key".to_owned(),
+            mint_keys: true,
+            allow_nan: false,
+            class_labels: Vec::new(),
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            signatures: BTreeMap::new(),
+            batching: BatchingConfig::default(),
+            versions: VersionConfig::default(),
+            instances: None,
+        }
+    }
+}
+
+/// Which engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendPreference {
+    /// ONNX Runtime for graphs tract gets wrong or slow (when available), tract otherwise.
+    #[default]
+    Auto,
+    /// tract, the pure-Rust engine.
+    Tract,
+    /// ONNX Runtime.
+    Ort,
+}
+
+/// A named signature: which outputs to return and how to post-process them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignatureConfig {
+    /// Outputs returned, in order; all raw and post-processed outputs when absent.
+    pub outputs: Option<Vec<String>>,
+    /// Steps applied in order; each reads a named tensor and adds a new one.
+    pub postprocess: Vec<PostprocessStep>,
+}
+
+/// One post-processing step over a `[N]` or `[N, C]` float tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PostprocessStep {
+    /// Element-wise logistic function of logits.
+    Sigmoid {
+        /// Input tensor name.
+        from: String,
+        /// Output tensor name.
+        to: String,
+    },
+    /// Softmax over the last axis.
+    Softmax {
+        /// Input tensor name.
+        from: String,
+        /// Output tensor name.
+        to: String,
+    },
+    /// Index of the largest score per row, mapped to `class_labels` when set.
+    Argmax {
+        /// Input tensor name.
+        from: String,
+        /// Output tensor name.
+        to: String,
+    },
+    /// Binary decision: class 1 when the score (of `column` for `[N, C]` inputs) is at least
+    /// `threshold`, else class 0; mapped to `class_labels` when set.
+    Threshold {
+        /// Input tensor name.
+        from: String,
+        /// Output tensor name.
+        to: String,
+        /// Decision threshold.
+        threshold: f32,
+        /// Score column for `[N, C]` inputs (default 1, the positive class).
+        #[serde(default)]
+        column: Option<usize>,
+    },
+    /// The `k` best classes per row: `to` holds labels (or ids), `<to>_scores` their scores.
+    TopK {
+        /// Input tensor name.
+        from: String,
+        /// Output tensor name of the classes; scores go to `<to>_scores`.
+        to: String,
+        /// How many classes.
+        k: usize,
+    },
+}
+
+impl PostprocessStep {
+    /// The tensor this step reads.
+    pub fn from(&self) -> &str {
+        match self {
+            PostprocessStep::Sigmoid { from, .. }
+            | PostprocessStep::Softmax { from, .. }
+            | PostprocessStep::Argmax { from, .. }
+            | PostprocessStep::Threshold { from, .. }
+            | PostprocessStep::TopK { from, .. } => from,
+        }
+    }
+
+    /// The name this step writes (`top_k` also writes `<to>_scores`).
+    pub fn to(&self) -> &str {
+        match self {
+            PostprocessStep::Sigmoid { to, .. }
+            | PostprocessStep::Softmax { to, .. }
+            | PostprocessStep::Argmax { to, .. }
+            | PostprocessStep::Threshold { to, .. }
+            | PostprocessStep::TopK { to, .. } => to,
+        }
+    }
+}
+
+/// Dynamic batching limits, Triton-style.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Largest batch sent to the engine (client batches larger than this are split).
+    pub max_batch_size: usize,
+    /// How long to wait for more requests before running a partial batch; 0 runs what is queued.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes the batcher prefers to cut at.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests allowed to wait; beyond it the server answers 429 at once.
+    pub max_queue_size: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> BatchingConfig {
+        BatchingConfig {
+            max_batch_size: 64,
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+        }
+    }
+}
+
+/// Which versions to serve and what to call them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionConfig {
+    /// Which versions on disk are loaded.
+    pub policy: VersionPolicy,
+    /// Names for versions, e.g. `stable = 1`.
+    pub labels: BTreeMap<String, u64>,
+    /// Version answering requests that name none; the highest loaded when absent.
+    pub default: Option<u64>,
+}
+
+/// Version policy, as in TF Serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    /// The `n` highest versions.
+    Latest(usize),
+    /// Every version on disk.
+    All,
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> VersionPolicy {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to load out of those present (ascending in, ascending out).
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::Latest(n) => available[available.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::All => available.to_vec(),
+            VersionPolicy::Specific(wanted) => available
+                .iter()
+                .copied()
+                .filter(|v| wanted.contains(v))
+                .collect(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads `config.toml` in `model_dir`, or the defaults when there is none.
+    pub fn load(model_name: &str, model_dir: &Path) -> Result<ModelConfig> {
+        let path = model_dir.join(CONFIG_FILE);
+        let load_error = |reason: String| Error::Load {
+            model: Some(model_name.to_owned()),
+            version: None,
+            path: path.clone(),
+            reason,
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(e) => return Err(load_error(format!("cannot read config: {e}"))),
+        };
+        let cfg: ModelConfig = toml::from_str(&text)
+            .map_err(|e| load_error(format!("invalid config: {}", e.to_string().trim_end())))?;
+        cfg.validate().map_err(load_error)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.key.is_empty() {
+            return Err("`key` must not be empty".to_owned());
+        }
+        if self.batching.max_batch_size == 0 {
+            return Err("`batching.max_batch_size` must be at least 1".to_owned());
+        }
+        if let VersionPolicy::Latest(0) = self.versions.policy {
+            return Err("`versions.policy = { latest = 0 }` would serve nothing".to_owned());
+        }
+        if self.instances == Some(0) {
+            return Err("`instances` must be at least 1".to_owned());
+        }
+        for (name, signature) in &self.signatures {
+            for step in &signature.postprocess {
+                if let PostprocessStep::TopK { k: 0, .. } = step {
+                    return Err(format!("signature '{name}': top_k needs k >= 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<ModelConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        ModelConfig::load("m", dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ModelConfig::load("m", dir.path()).unwrap(),
+            ModelConfig::default()
+        );
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let cfg = parse(
+            r#"
+            backend = "ort"
+            key = "id"
+            class_labels = ["a", "b"]
+            [inputs]
+            X = "features"
+            [signatures.decide]
+            outputs = ["decision"]
+            postprocess = [{ op = "threshold", from = "probabilities", to = "decision", threshold = 0.3 }]
+            [batching]
+            max_batch_size = 8
+            [versions]
+            policy = { specific = [1, 3] }
+            labels = { stable = 1 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.backend, BackendPreference::Ort);
+        assert_eq!(cfg.versions.policy, VersionPolicy::Specific(vec![1, 3]));
+        assert_eq!(cfg.versions.policy.select(&[1, 2, 3]), vec![1, 3]);
+        assert_eq!(cfg.signatures["decide"].postprocess[0].to(), "decision");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("bakend = \"ort\"").unwrap_err();
+        assert!(err.contains("unknown field `bakend`"), "{err}");
+        assert!(
+            err.contains("model 'm'") && err.contains("config.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_postprocess_op_is_named() {
+        let err =
+            parse("[signatures.s]\npostprocess = [{ op = \"relu\", from = \"a\", to = \"b\" }]")
+                .unwrap_err();
+        assert!(err.contains("relu"), "{err}");
+    }
+
+    #[test]
+    fn latest_policy_keeps_highest() {
+        assert_eq!(VersionPolicy::Latest(2).select(&[1, 4, 7]), vec![4, 7]);
+        assert_eq!(VersionPolicy::All.select(&[1, 4]), vec![1, 4]);
+    }
+}

@@ -1,0 +1,446 @@
+//! Row-format ("instances") prediction: JSON objects in, keyed JSON objects out.
+//!
+//! This is the format of TF Serving's `{"instances": [...]}`, of `serval predict`'s JSON Lines,
+//! and of the book's keyed predictions: each instance may carry a key (a string under the
+//! model's key name) that is never fed to the model and comes back with that instance's outputs.
+
+use std::collections::HashMap;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use crate::error::{InputError, Result};
+use crate::graph::TensorSpec;
+use crate::model::Model;
+use crate::signature::Signature;
+use crate::tensor::{Tensor, TensorData};
+
+/// Predictions for a list of instances, one row per instance, keys alongside.
+#[derive(Debug, Clone)]
+pub struct KeyedPredictions {
+    /// The key field name (the model's `key` setting).
+    pub key_name: String,
+    /// Each instance's key as sent (`None` when it had none).
+    pub keys: Vec<Option<String>>,
+    /// Output tensors in signature order, one row per instance.
+    pub outputs: Vec<(String, Tensor)>,
+    /// Non-fatal remarks about the request (e.g. duplicate keys).
+    pub warnings: Vec<String>,
+}
+
+impl KeyedPredictions {
+    /// The prediction for instance `row`, serializable as a JSON object (key first).
+    pub fn row(&self, row: usize) -> Prediction<'_> {
+        Prediction {
+            predictions: self,
+            row,
+        }
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are no instances.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One instance's outputs; serializes as `{"key": ..., "<output>": ..., ...}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Prediction<'a> {
+    predictions: &'a KeyedPredictions,
+    row: usize,
+}
+
+impl Serialize for Prediction<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let p = self.predictions;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(key) = &p.keys[self.row] {
+            map.serialize_entry(&p.key_name, key)?;
+        }
+        for (name, tensor) in &p.outputs {
+            map.serialize_entry(
+                name,
+                &RowView {
+                    tensor,
+                    row: self.row,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// Predicts a list of JSON instances through `signature` (or `serving_default`).
+///
+/// An instance is an object of named inputs plus an optional key, or a bare value when the
+/// signature has a single input. Errors name the instance and the input at fault.
+pub fn predict_instances(
+    model: &Model,
+    signature: Option<&str>,
+    instances: &[Value],
+) -> Result<KeyedPredictions> {
+    let sig = model.signature(signature)?;
+    let decoded = decode_instances(sig, &model.config().key, instances)?;
+    let outputs = model.predict(Some(&sig.name), decoded.inputs)?;
+    Ok(KeyedPredictions {
+        key_name: model.config().key.clone(),
+        keys: decoded.keys,
+        outputs,
+        warnings: decoded.warnings,
+    })
+}
+
+/// Instances decoded into batched tensors.
+#[derive(Debug)]
+pub struct DecodedInstances {
+    /// Each instance's key.
+    pub keys: Vec<Option<String>>,
+    /// One tensor per signature input, axis 0 = instance.
+    pub inputs: Vec<(String, Tensor)>,
+    /// Non-fatal remarks (duplicate keys).
+    pub warnings: Vec<String>,
+}
+
+/// Decodes JSON instances into one batched tensor per input of `signature`.
+pub fn decode_instances(
+    signature: &Signature,
+    key_name: &str,
+    instances: &[Value],
+) -> Result<DecodedInstances, InputError> {
+    if instances.is_empty() {
+        return Err(InputError::new("empty input: no instances to predict"));
+    }
+    let mut keys = Vec::with_capacity(instances.len());
+    let mut columns: Vec<Column> = signature
+        .inputs
+        .iter()
+        .map(|spec| Column::new(spec))
+        .collect();
+    let expected = || {
+        signature
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (ix, instance) in instances.iter().enumerate() {
+        let at = |e: InputError| e.context(format_args!("instance {ix}"));
+        match instance {
+            Value::Object(fields) => {
+                let key = match fields.get(key_name) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(k)) => Some(k.clone()),
+                    Some(other) => {
+                        return Err(at(InputError::new(format!(
+                            "key '{key_name}' must be a string, got {}",
+                            json_kind(other)
+                        ))));
+                    }
+                };
+                keys.push(key);
+                if let Some(unknown) = fields
+                    .keys()
+                    .find(|f| *f != key_name && !signature.inputs.iter().any(|s| &s.name == *f))
+                {
+                    return Err(at(InputError::new(format!(
+                        "unknown input '{unknown}' (expected: {})",
+                        expected()
+                    ))));
+                }
+                for column in &mut columns {
+                    let value = fields.get(&column.spec.name).ok_or_else(|| {
+                        at(InputError::new(format!(
+                            "missing input '{}' (expected: {})",
+                            column.spec.name,
+                            expected()
+                        )))
+                    })?;
+                    column.push(value).map_err(at)?;
+                }
+            }
+            bare if columns.len() == 1 => {
+                keys.push(None);
+                columns[0].push(bare).map_err(at)?;
+            }
+            _ => {
+                return Err(at(InputError::new(format!(
+                    "the model has {} inputs, so each instance must be an object naming them ({})",
+                    columns.len(),
+                    expected()
+                ))));
+            }
+        }
+    }
+    let inputs = columns
+        .into_iter()
+        .map(|c| {
+            let name = c.spec.name.clone();
+            c.finish().map(|t| (name, t))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let warnings = duplicate_key_warnings(&keys);
+    Ok(DecodedInstances {
+        keys,
+        inputs,
+        warnings,
+    })
+}
+
+fn duplicate_key_warnings(keys: &[Option<String>]) -> Vec<String> {
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut warnings = Vec::new();
+    for (ix, key) in keys.iter().enumerate() {
+        if let Some(key) = key.as_deref()
+            && let Some(first) = first_seen.insert(key, ix)
+        {
+            first_seen.insert(key, first);
+            warnings.push(format!(
+                "duplicate key '{key}' in instances {first} and {ix}"
+            ));
+        }
+    }
+    warnings
+}
+
+/// One input's values, accumulated instance by instance.
+struct Column<'s> {
+    spec: &'s TensorSpec,
+    /// Shape of one instance (axes after the batch axis); dynamic axes fixed by the first instance.
+    row_shape: Option<Vec<usize>>,
+    rows: usize,
+    data: TensorData,
+}
+
+impl<'s> Column<'s> {
+    fn new(spec: &'s TensorSpec) -> Column<'s> {
+        Column {
+            spec,
+            row_shape: None,
+            rows: 0,
+            data: TensorData::empty(spec.data_type),
+        }
+    }
+
+    fn push(&mut self, value: &Value) -> Result<(), InputError> {
+        let name = &self.spec.name;
+        let mut shape = Vec::new();
+        infer_shape(value, &mut shape);
+        let expected = &self.spec.shape[1.min(self.spec.shape.len())..];
+        // A flat list of scalars for a [N] input is allowed only as one scalar per instance.
+        let fits = shape.len() == expected.len()
+            && shape
+                .iter()
+                .zip(expected)
+                .all(|(&d, e)| e.is_none_or(|e| e == d));
+        if !fits {
+            return Err(InputError::new(format!(
+                "input '{name}' has shape {shape:?} per instance but the model expects {:?}",
+                expected
+                    .iter()
+                    .map(|d| d.map_or(-1, |d| d as i64))
+                    .collect::<Vec<_>>()
+            )));
+        }
+        match &self.row_shape {
+            Some(first) if first != &shape => {
+                return Err(InputError::new(format!(
+                    "input '{name}' has shape {shape:?} but earlier instances have {first:?}"
+                )));
+            }
+            Some(_) => {}
+            None => self.row_shape = Some(shape),
+        }
+        push_leaves(value, &mut self.data)
+            .map_err(|e| e.context(format_args!("input '{name}'")))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Tensor, InputError> {
+        let mut shape = vec![self.rows];
+        shape.extend(self.row_shape.unwrap_or_default());
+        Tensor::new(shape, self.data)
+    }
+}
+
+/// Shape of nested JSON arrays, following first elements (ragged arrays fail in `push_leaves`).
+fn infer_shape(value: &Value, shape: &mut Vec<usize>) {
+    if let Value::Array(items) = value {
+        shape.push(items.len());
+        if let Some(first) = items.first() {
+            infer_shape(first, shape);
+        }
+    }
+}
+
+fn push_leaves(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
+    fn walk(
+        value: &Value,
+        depth: usize,
+        shape: &[usize],
+        data: &mut TensorData,
+    ) -> Result<(), InputError> {
+        match value {
+            Value::Array(items) => {
+                if shape.get(depth) != Some(&items.len()) {
+                    return Err(InputError::new(
+                        "ragged nested list (rows of different lengths)",
+                    ));
+                }
+                items
+                    .iter()
+                    .try_for_each(|item| walk(item, depth + 1, shape, data))
+            }
+            scalar if depth == shape.len() => push_scalar(scalar, data),
+            _ => Err(InputError::new(
+                "ragged nested list (a scalar where a list was expected)",
+            )),
+        }
+    }
+    let mut shape = Vec::new();
+    infer_shape(value, &mut shape);
+    walk(value, 0, &shape, data)
+}
+
+fn push_scalar(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
+    let data_type = data.data_type();
+    let mismatch = || {
+        InputError::new(format!(
+            "expected {data_type} value, got {}",
+            json_kind(value)
+        ))
+    };
+    macro_rules! int {
+        ($v:expr, $ty:ty) => {{
+            let n = value
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| value.as_u64().map(i128::from))
+                .ok_or_else(mismatch)?;
+            $v.push(
+                <$ty>::try_from(n)
+                    .map_err(|_| InputError::new(format!("{n} is out of range for {data_type}")))?,
+            );
+        }};
+    }
+    match data {
+        TensorData::Bool(v) => v.push(value.as_bool().ok_or_else(mismatch)?),
+        TensorData::Uint8(v) => int!(v, u8),
+        TensorData::Uint16(v) => int!(v, u16),
+        TensorData::Uint32(v) => int!(v, u32),
+        TensorData::Uint64(v) => int!(v, u64),
+        TensorData::Int8(v) => int!(v, i8),
+        TensorData::Int16(v) => int!(v, i16),
+        TensorData::Int32(v) => int!(v, i32),
+        TensorData::Int64(v) => int!(v, i64),
+        TensorData::Fp16(v) => v.push(half::f16::from_f64(float(value).ok_or_else(mismatch)?)),
+        TensorData::Fp32(v) => v.push(float(value).ok_or_else(mismatch)? as f32),
+        TensorData::Fp64(v) => v.push(float(value).ok_or_else(mismatch)?),
+        TensorData::Bytes(v) => v.push(value.as_str().ok_or_else(mismatch)?.to_owned()),
+    }
+    Ok(())
+}
+
+/// A JSON number, or the strings `NaN`, `Infinity`, `-Infinity` (JSON has no literals for them).
+fn float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" | "nan" => Some(f64::NAN),
+            "Infinity" | "inf" => Some(f64::INFINITY),
+            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How a JSON value reads in an error message.
+pub fn json_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) if s.len() <= 40 => format!("string \"{s}\""),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+/// Row `row` of a tensor as nested JSON arrays (a scalar for `[N]` tensors).
+pub struct RowView<'a> {
+    /// The tensor.
+    pub tensor: &'a Tensor,
+    /// The row (instance) index.
+    pub row: usize,
+}
+
+impl Serialize for RowView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let row_len = self.tensor.row_len();
+        let dims = self.tensor.shape().get(1..).unwrap_or(&[]);
+        let start = self.row * row_len;
+        crate::with_tensor_data!(self.tensor.data(), v => Nested { values: &v[start..start + row_len], dims }.serialize(serializer))
+    }
+}
+
+/// A row-major slice shaped by `dims`, serialized as nested sequences.
+struct Nested<'a, T> {
+    values: &'a [T],
+    dims: &'a [usize],
+}
+
+impl<T: Scalar> Serialize for Nested<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.dims.split_first() {
+            None => self.values[0].serialize_scalar(serializer),
+            Some((&n, rest)) => {
+                let stride: usize = rest.iter().product();
+                let mut seq = serializer.serialize_seq(Some(n))?;
+                for i in 0..n {
+                    seq.serialize_element(&Nested {
+                        values: &self.values[i * stride..(i + 1) * stride],
+                        dims: rest,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+/// Scalars serialize themselves; f16 goes out as f32 because JSON has no half type.
+trait Scalar {
+    fn serialize_scalar<S: Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error>;
+}
+
+macro_rules! scalar_via_serde {
+    ($($ty:ty),*) => {$(
+        impl Scalar for $ty {
+            fn serialize_scalar<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                self.serialize(serializer)
+            }
+        }
+    )*};
+}
+scalar_via_serde!(bool, u8, u16, u32, u64, i8, i16, i32, i64, f32, f64, String);
+
+impl Scalar for half::f16 {
+    fn serialize_scalar<S: Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_f32(self.to_f32())
+    }
+}

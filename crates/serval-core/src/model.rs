@@ -1,0 +1,312 @@
+//! A loaded model version: its signatures, its engine, and the validated predict path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::{self, Backend, BackendChoice};
+use crate::config::ModelConfig;
+use crate::error::{Error, InputError, Result};
+use crate::graph::{GraphInfo, TensorSpec};
+use crate::postprocess;
+use crate::signature::{self, DEFAULT_SIGNATURE, Signature};
+use crate::tensor::Tensor;
+
+/// Name of the ONNX file inside a version directory.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// One version of one model, loaded once and shared read-only by every thread.
+pub struct Model {
+    name: String,
+    version: u64,
+    path: PathBuf,
+    config: Arc<ModelConfig>,
+    graph: GraphInfo,
+    signatures: Vec<Signature>,
+    raw_output_names: Vec<String>,
+    backend: Arc<dyn Backend>,
+    backend_choice: BackendChoice,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("backend", &self.backend_choice.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads `<version_dir>/model.onnx`, validating graph, config and engine up front.
+    pub(crate) fn load(
+        name: &str,
+        version: u64,
+        version_dir: &Path,
+        config: Arc<ModelConfig>,
+        ort_status: std::result::Result<(), &str>,
+        default_instances: usize,
+    ) -> Result<Model> {
+        let path = version_dir.join(MODEL_FILE);
+        let load_error = |reason: String| Error::Load {
+            model: Some(name.to_owned()),
+            version: Some(version),
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(load_error(format!("missing {MODEL_FILE}")));
+        }
+        let graph = GraphInfo::read(&path).map_err(load_error)?;
+        let signatures = signature::build_signatures(&graph, &config).map_err(load_error)?;
+        let backend_choice =
+            backend::choose(config.backend, &graph, ort_status).map_err(load_error)?;
+        let instances = config.instances.unwrap_or(default_instances);
+        let backend =
+            backend::load(backend_choice.kind, &path, &graph, instances).map_err(load_error)?;
+        let raw_output_names = graph
+            .outputs
+            .iter()
+            .map(|o| {
+                config
+                    .outputs
+                    .get(&o.name)
+                    .cloned()
+                    .unwrap_or_else(|| o.name.clone())
+            })
+            .collect();
+        Ok(Model {
+            name: name.to_owned(),
+            version,
+            path,
+            config,
+            graph,
+            signatures,
+            raw_output_names,
+            backend,
+            backend_choice,
+        })
+    }
+
+    /// Model name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Version number.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Path of the ONNX file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's configuration (defaults filled in).
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// What the ONNX file declares.
+    pub fn graph(&self) -> &GraphInfo {
+        &self.graph
+    }
+
+    /// Every signature, `serving_default` first.
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+
+    /// The engine running this version and why it was chosen.
+    pub fn backend_choice(&self) -> &BackendChoice {
+        &self.backend_choice
+    }
+
+    /// Whether requests may stack instances on axis 0.
+    pub fn is_batchable(&self) -> bool {
+        self.graph.is_batchable()
+    }
+
+    /// The named signature, or `serving_default` when `name` is `None`.
+    pub fn signature(&self, name: Option<&str>) -> Result<&Signature> {
+        let name = name.unwrap_or(DEFAULT_SIGNATURE);
+        self.signatures
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::SignatureNotFound {
+                model: self.name.clone(),
+                signature: name.to_owned(),
+                available: self
+                    .signatures
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Runs one batch through a signature: validates `inputs` (public names), runs the engine,
+    /// post-processes, and returns the signature's outputs in order.
+    ///
+    /// Every input's axis 0 is the instance axis; outputs have one row per instance.
+    pub fn predict(
+        &self,
+        signature: Option<&str>,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let signature = self.signature(signature)?;
+        let ordered = self.validate(signature, inputs)?;
+        let rows = ordered.first().map(Tensor::rows).unwrap_or(0);
+        let raw = self
+            .backend
+            .run(ordered)
+            .map_err(|reason| self.inference_error(reason))?;
+        if raw.len() != self.raw_output_names.len() {
+            return Err(self.inference_error(format!(
+                "engine returned {} outputs, the graph declares {}",
+                raw.len(),
+                self.raw_output_names.len()
+            )));
+        }
+        let mut tensors: Vec<(String, Tensor)> =
+            self.raw_output_names.iter().cloned().zip(raw).collect();
+        if self.is_batchable()
+            && let Some((name, t)) = tensors
+                .iter()
+                .find(|(_, t)| t.shape().is_empty() || t.rows() != rows)
+        {
+            return Err(self.inference_error(format!(
+                "output '{name}' has shape {:?}, not one row per instance ({rows})",
+                t.shape()
+            )));
+        }
+        postprocess::apply(
+            &signature.postprocess,
+            &mut tensors,
+            &self.config.class_labels,
+        )
+        .map_err(|reason| self.inference_error(reason))?;
+        signature
+            .outputs
+            .iter()
+            .map(|spec| {
+                let ix = tensors
+                    .iter()
+                    .position(|(n, _)| n == &spec.name)
+                    .ok_or_else(|| {
+                        self.inference_error(format!(
+                            "signature output '{}' was not produced. This is a bug.",
+                            spec.name
+                        ))
+                    })?;
+                Ok(tensors.swap_remove(ix))
+            })
+            .collect()
+    }
+
+    fn inference_error(&self, reason: String) -> Error {
+        Error::Inference {
+            model: self.name.clone(),
+            version: self.version,
+            reason,
+        }
+    }
+
+    /// Checks names, types, shapes and values; returns inputs in graph order.
+    fn validate(
+        &self,
+        signature: &Signature,
+        mut inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<Tensor>, InputError> {
+        let expected = || {
+            signature
+                .inputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some((unknown, _)) = inputs
+            .iter()
+            .find(|(n, _)| !signature.inputs.iter().any(|s| &s.name == n))
+        {
+            return Err(InputError::new(format!(
+                "unknown input '{unknown}' (expected: {})",
+                expected()
+            )));
+        }
+        let mut ordered = Vec::with_capacity(signature.inputs.len());
+        for spec in &signature.inputs {
+            let ix = inputs
+                .iter()
+                .position(|(n, _)| n == &spec.name)
+                .ok_or_else(|| {
+                    InputError::new(format!(
+                        "missing input '{}' (expected: {})",
+                        spec.name,
+                        expected()
+                    ))
+                })?;
+            let (_, tensor) = inputs.swap_remove(ix);
+            check_tensor(spec, &tensor, self.config.allow_nan)?;
+            ordered.push(tensor);
+        }
+        if let Some((name, _)) = inputs.first() {
+            return Err(InputError::new(format!("input '{name}' was given twice")));
+        }
+        if self.is_batchable() {
+            let rows = ordered[0].rows();
+            if rows == 0 {
+                return Err(InputError::new("empty input: no instances to predict"));
+            }
+            if let Some((spec, t)) = signature
+                .inputs
+                .iter()
+                .zip(&ordered)
+                .find(|(_, t)| t.rows() != rows)
+            {
+                return Err(InputError::new(format!(
+                    "input '{}' has {} instances but '{}' has {rows}",
+                    spec.name,
+                    t.rows(),
+                    signature.inputs[0].name
+                )));
+            }
+        }
+        Ok(ordered)
+    }
+}
+
+fn check_tensor(spec: &TensorSpec, tensor: &Tensor, allow_nan: bool) -> Result<(), InputError> {
+    if tensor.data_type() != spec.data_type {
+        return Err(InputError::new(format!(
+            "input '{}' has type {} but the model expects {}",
+            spec.name,
+            tensor.data_type(),
+            spec.data_type
+        )));
+    }
+    let fits = tensor.shape().len() == spec.shape.len()
+        && tensor
+            .shape()
+            .iter()
+            .zip(&spec.shape)
+            .all(|(&d, s)| s.is_none_or(|s| s == d));
+    if !fits {
+        return Err(InputError::new(format!(
+            "input '{}' has shape {:?} but the model expects {:?}",
+            spec.name,
+            tensor.shape(),
+            spec.shape_i64()
+        )));
+    }
+    if !allow_nan && let Some(ix) = tensor.data().first_nan() {
+        let row = ix / tensor.row_len().max(1);
+        return Err(InputError::new(format!(
+            "input '{}' contains NaN (instance {row}); set allow_nan = true in config.toml to accept it",
+            spec.name
+        )));
+    }
+    Ok(())
+}
