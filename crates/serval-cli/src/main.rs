@@ -8,6 +8,7 @@ use serval_core::{ModelRepository, RepositoryOptions};
 
 mod inspect;
 mod predict;
+mod serve;
 
 /// Serval: serve exported ONNX models resiliently — in-process, online, in bulk.
 #[derive(Parser)]
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve every model of a repository over TF Serving REST, Open Inference Protocol v2 REST and gRPC.
+    Serve(serve::ServeArgs),
     /// Predict JSON Lines or CSV instances in-process (the prediction-library mode).
     Predict(predict::PredictArgs),
     /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
@@ -54,12 +57,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SERVAL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Inspect(args) => inspect::run(args),
     };

@@ -392,6 +392,25 @@ impl Serialize for RowView<'_> {
     }
 }
 
+/// A whole tensor as nested JSON arrays (TF Serving's columnar `outputs` format).
+pub struct TensorView<'a>(pub &'a Tensor);
+
+impl Serialize for TensorView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let dims = self.0.shape();
+        crate::with_tensor_data!(self.0.data(), v => Nested { values: v, dims }.serialize(serializer))
+    }
+}
+
+/// A whole tensor as one flat JSON list, row-major (Open Inference Protocol `data`).
+pub struct FlatView<'a>(pub &'a Tensor);
+
+impl Serialize for FlatView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        crate::with_tensor_data!(self.0.data(), v => Nested { values: v, dims: &[v.len()] }.serialize(serializer))
+    }
+}
+
 /// A row-major slice shaped by `dims`, serialized as nested sequences.
 struct Nested<'a, T> {
     values: &'a [T],

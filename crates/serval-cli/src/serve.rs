@@ -1,0 +1,88 @@
+//! `serval serve`: the online server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::Args;
+use serval_server::ServerConfig;
+use serval_server::http::Limits;
+
+use crate::RepositoryArgs;
+
+/// Arguments of `serval serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// Address to listen on.
+    #[arg(long, env = "SERVAL_HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// HTTP port (TF Serving REST, OIP v2 REST, /metrics); 0 picks a free port.
+    #[arg(long, env = "SERVAL_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+    /// gRPC port (OIP v2 `inference.GRPCInferenceService`); 0 picks a free port.
+    #[arg(long, env = "SERVAL_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+    /// Metrics port, or `same` to serve /metrics on the HTTP port.
+    #[arg(long, env = "SERVAL_METRICS_PORT", default_value = "same")]
+    metrics_port: String,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "SERVAL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most instances in one request (413 beyond).
+    #[arg(long, env = "SERVAL_MAX_INSTANCES", default_value_t = 100_000)]
+    max_instances: usize,
+    /// Per-request deadline in milliseconds, queueing included (504 beyond).
+    #[arg(long, env = "SERVAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics_addr = match args.metrics_port.as_str() {
+        "same" => None,
+        port => Some(SocketAddr::new(
+            args.host,
+            port.parse().map_err(|_| {
+                anyhow::anyhow!("--metrics-port must be a port number or `same`, got '{port}'")
+            })?,
+        )),
+    };
+    let config = ServerConfig {
+        http_addr: SocketAddr::new(args.host, args.http_port),
+        grpc_addr: SocketAddr::new(args.host, args.grpc_port),
+        metrics_addr,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_instances: args.max_instances,
+        },
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+    };
+    let repository = args.repository.open()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serval_server::serve(&repository, config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

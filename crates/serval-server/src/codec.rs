@@ -1,0 +1,345 @@
+//! Tensor encodings shared by the protocols: raw little-endian bytes (Triton's binary
+//! extension and gRPC `raw_*_contents`) and Open Inference Protocol JSON `data`.
+
+use half::f16;
+use serde_json::Value;
+use serval_core::tensor::checked_elements;
+use serval_core::{DataType, Tensor, TensorData};
+
+use crate::error::{Result, ServerError};
+
+/// Validates a protocol shape (no negatives, no overflow) and converts it.
+pub fn shape_of(name: &str, shape: &[i64]) -> Result<Vec<usize>> {
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            ServerError::BadRequest(format!(
+                "input '{name}' has a negative dimension in shape {shape:?}"
+            ))
+        })?;
+    checked_elements(&shape)
+        .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
+    Ok(shape)
+}
+
+/// Parses a protocol datatype name.
+pub fn data_type_of(name: &str, datatype: &str) -> Result<DataType> {
+    DataType::parse(datatype).ok_or_else(|| {
+        ServerError::BadRequest(format!("input '{name}' has unknown datatype '{datatype}'"))
+    })
+}
+
+/// Decodes raw little-endian bytes (BYTES: 4-byte length prefix per element).
+pub fn decode_raw(
+    name: &str,
+    data_type: DataType,
+    shape: Vec<usize>,
+    bytes: &[u8],
+) -> Result<Tensor> {
+    let n = checked_elements(&shape)
+        .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
+    let bad = |msg: String| ServerError::BadRequest(format!("input '{name}': {msg}"));
+    if let Some(size) = data_type.size_of() {
+        let expected = n
+            .checked_mul(size)
+            .ok_or_else(|| bad("shape too large".into()))?;
+        if bytes.len() != expected {
+            return Err(bad(format!(
+                "{} bytes of binary data, but shape {shape:?} of {data_type} needs {expected}",
+                bytes.len()
+            )));
+        }
+    }
+    macro_rules! le {
+        ($ty:ty, $variant:ident) => {
+            TensorData::$variant(
+                bytes
+                    .chunks_exact(std::mem::size_of::<$ty>())
+                    .map(|c| {
+                        <$ty>::from_le_bytes(
+                            c.try_into()
+                                .expect("chunks_exact yields exact sizes. This is a bug."),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+    }
+    let data = match data_type {
+        DataType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
+        DataType::Uint16 => le!(u16, Uint16),
+        DataType::Uint32 => le!(u32, Uint32),
+        DataType::Uint64 => le!(u64, Uint64),
+        DataType::Int8 => TensorData::Int8(bytes.iter().map(|&b| b as i8).collect()),
+        DataType::Int16 => le!(i16, Int16),
+        DataType::Int32 => le!(i32, Int32),
+        DataType::Int64 => le!(i64, Int64),
+        DataType::Fp16 => le!(f16, Fp16),
+        DataType::Fp32 => le!(f32, Fp32),
+        DataType::Fp64 => le!(f64, Fp64),
+        DataType::Bytes => {
+            let mut strings = Vec::with_capacity(n.min(bytes.len() / 4 + 1));
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let (len, tail) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| bad("truncated BYTES length prefix".into()))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if tail.len() < len {
+                    return Err(bad(format!(
+                        "BYTES element claims {len} bytes but only {} remain",
+                        tail.len()
+                    )));
+                }
+                let (value, tail) = tail.split_at(len);
+                let value = std::str::from_utf8(value)
+                    .map_err(|_| bad("BYTES element is not valid UTF-8".into()))?;
+                strings.push(value.to_owned());
+                rest = tail;
+            }
+            if strings.len() != n {
+                return Err(bad(format!(
+                    "{} BYTES elements, but shape {shape:?} needs {n}",
+                    strings.len()
+                )));
+            }
+            TensorData::Bytes(strings)
+        }
+    };
+    Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
+}
+
+/// Encodes a tensor as raw little-endian bytes (BYTES: 4-byte length prefix per element).
+pub fn encode_raw(tensor: &Tensor) -> Vec<u8> {
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+    }
+    match tensor.data() {
+        TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        TensorData::Uint8(v) => v.clone(),
+        TensorData::Uint16(v) => le!(v),
+        TensorData::Uint32(v) => le!(v),
+        TensorData::Uint64(v) => le!(v),
+        TensorData::Int8(v) => v.iter().map(|&x| x as u8).collect(),
+        TensorData::Int16(v) => le!(v),
+        TensorData::Int32(v) => le!(v),
+        TensorData::Int64(v) => le!(v),
+        TensorData::Fp16(v) => le!(v),
+        TensorData::Fp32(v) => le!(v),
+        TensorData::Fp64(v) => le!(v),
+        TensorData::Bytes(v) => {
+            let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
+            for s in v {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out
+        }
+    }
+}
+
+/// Decodes OIP JSON `data` (flat or nested, row-major) into a tensor of `shape`.
+pub fn decode_json(
+    name: &str,
+    data_type: DataType,
+    shape: Vec<usize>,
+    data: &Value,
+) -> Result<Tensor> {
+    let n = checked_elements(&shape)
+        .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
+    let bad = |msg: String| ServerError::BadRequest(format!("input '{name}': {msg}"));
+    let mut leaves = Vec::with_capacity(n.min(1 << 20));
+    flatten(data, &mut leaves, n).map_err(bad)?;
+    if leaves.len() != n {
+        return Err(bad(format!(
+            "{} values in data, but shape {shape:?} needs {n}",
+            leaves.len()
+        )));
+    }
+    let number = |v: &Value| -> std::result::Result<f64, String> {
+        match v {
+            Value::Number(x) => x.as_f64().ok_or_else(|| format!("{x} is not a number")),
+            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
+                Ok(s.parse().unwrap_or(f64::NAN))
+            }
+            other => Err(format!(
+                "expected {data_type} value, got {}",
+                serval_core::instances::json_kind(other)
+            )),
+        }
+    };
+    macro_rules! int {
+        ($ty:ty, $variant:ident) => {
+            TensorData::$variant(
+                leaves
+                    .iter()
+                    .map(|v| {
+                        let n = v
+                            .as_i64()
+                            .map(i128::from)
+                            .or_else(|| v.as_u64().map(i128::from))
+                            .ok_or_else(|| {
+                                format!(
+                                    "expected {data_type} value, got {}",
+                                    serval_core::instances::json_kind(v)
+                                )
+                            })?;
+                        <$ty>::try_from(n)
+                            .map_err(|_| format!("{n} is out of range for {data_type}"))
+                    })
+                    .collect::<std::result::Result<_, String>>()
+                    .map_err(bad)?,
+            )
+        };
+    }
+    let data = match data_type {
+        DataType::Bool => TensorData::Bool(
+            leaves
+                .iter()
+                .map(|v| {
+                    v.as_bool().ok_or_else(|| {
+                        format!(
+                            "expected BOOL value, got {}",
+                            serval_core::instances::json_kind(v)
+                        )
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(bad)?,
+        ),
+        DataType::Uint8 => int!(u8, Uint8),
+        DataType::Uint16 => int!(u16, Uint16),
+        DataType::Uint32 => int!(u32, Uint32),
+        DataType::Uint64 => int!(u64, Uint64),
+        DataType::Int8 => int!(i8, Int8),
+        DataType::Int16 => int!(i16, Int16),
+        DataType::Int32 => int!(i32, Int32),
+        DataType::Int64 => int!(i64, Int64),
+        DataType::Fp16 => TensorData::Fp16(
+            leaves
+                .iter()
+                .map(|v| number(v).map(f16::from_f64))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(bad)?,
+        ),
+        DataType::Fp32 => TensorData::Fp32(
+            leaves
+                .iter()
+                .map(|v| number(v).map(|x| x as f32))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(bad)?,
+        ),
+        DataType::Fp64 => TensorData::Fp64(
+            leaves
+                .iter()
+                .map(|v| number(v))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(bad)?,
+        ),
+        DataType::Bytes => TensorData::Bytes(
+            leaves
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        format!(
+                            "expected BYTES (string) value, got {}",
+                            serval_core::instances::json_kind(v)
+                        )
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(bad)?,
+        ),
+    };
+    Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
+}
+
+/// Collects leaves of nested arrays, refusing more than `limit` (hostile payloads).
+fn flatten<'v>(
+    value: &'v Value,
+    out: &mut Vec<&'v Value>,
+    limit: usize,
+) -> std::result::Result<(), String> {
+    match value {
+        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out, limit)),
+        leaf => {
+            if out.len() == limit {
+                return Err(format!("more values in data than the shape's {limit}"));
+            }
+            out.push(leaf);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_round_trip_every_type() {
+        let tensors = [
+            Tensor::new(vec![2], TensorData::Fp32(vec![1.5, -2.0])).unwrap(),
+            Tensor::new(vec![2], TensorData::Int64(vec![-1, 7])).unwrap(),
+            Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap(),
+            Tensor::new(
+                vec![2],
+                TensorData::Fp16(vec![f16::from_f32(0.5), f16::from_f32(2.0)]),
+            )
+            .unwrap(),
+            Tensor::new(vec![2], TensorData::Bytes(vec!["a".into(), "héllo".into()])).unwrap(),
+        ];
+        for t in tensors {
+            let bytes = encode_raw(&t);
+            let back = decode_raw("x", t.data_type(), t.shape().to_vec(), &bytes).unwrap();
+            assert_eq!(back, t);
+        }
+    }
+
+    #[test]
+    fn wrong_binary_size_is_named() {
+        let err = decode_raw("x", DataType::Fp32, vec![2, 3], &[0; 20]).unwrap_err();
+        assert!(
+            err.to_string().contains("20 bytes") && err.to_string().contains("needs 24"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nested_and_flat_json_agree() {
+        let nested = decode_json(
+            "x",
+            DataType::Int32,
+            vec![2, 2],
+            &serde_json::json!([[1, 2], [3, 4]]),
+        )
+        .unwrap();
+        let flat = decode_json(
+            "x",
+            DataType::Int32,
+            vec![2, 2],
+            &serde_json::json!([1, 2, 3, 4]),
+        )
+        .unwrap();
+        assert_eq!(nested, flat);
+    }
+
+    #[test]
+    fn huge_shape_is_refused_without_allocating() {
+        let err = shape_of("x", &[i64::MAX, i64::MAX]).unwrap_err();
+        assert!(err.to_string().contains("too many elements"), "{err}");
+        let err = decode_json(
+            "x",
+            DataType::Fp32,
+            vec![1 << 40],
+            &serde_json::json!([1.0]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs"), "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The server's error type and its one mapping to HTTP status codes and gRPC statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Why a request failed, sorted by who is to blame.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerError {
+    /// Errors from the model repository, validation and engines.
+    #[error(transparent)]
+    Core(#[from] serval_core::Error),
+    /// The request is malformed at the protocol level (client's fault).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route, model, version or label (client's fault).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request body exceeds the configured limit (client's fault).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The model's queue is full: retry later (overload).
+    #[error("model '{0}' is overloaded: its queue is full, retry later")]
+    Overloaded(String),
+    /// The request waited or ran longer than its deadline (overload).
+    #[error("request timed out after {0} ms")]
+    Timeout(u64),
+    /// The model is not loaded or not ready.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ServerError {
+    /// The HTTP status for this error (the single table for every REST protocol).
+    pub fn status(&self) -> StatusCode {
+        use serval_core::Error as E;
+        match self {
+            ServerError::Core(E::InvalidInput(_)) | ServerError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ServerError::Core(
+                E::ModelNotFound(_) | E::VersionNotFound { .. } | E::SignatureNotFound { .. },
+            )
+            | ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::Core(E::Load { .. }) | ServerError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServerError::Core(E::Inference { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let body = serde_json::json!({ "error": self.to_string() });
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, ServerError::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ServerError> for tonic::Status {
+    fn from(err: ServerError) -> tonic::Status {
+        let message = err.to_string();
+        match err.status() {
+            StatusCode::BAD_REQUEST => tonic::Status::invalid_argument(message),
+            StatusCode::NOT_FOUND => tonic::Status::not_found(message),
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+                tonic::Status::resource_exhausted(message)
+            }
+            StatusCode::GATEWAY_TIMEOUT => tonic::Status::deadline_exceeded(message),
+            StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(message),
+            _ => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// Shorthand for results of request handling.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;

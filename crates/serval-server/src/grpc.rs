@@ -1,0 +1,279 @@
+//! The Open Inference Protocol v2 gRPC service (`inference.GRPCInferenceService`), as
+//! `tritonclient.grpc` calls it: typed `contents` or `raw_input_contents` in, raw out.
+
+use std::collections::HashMap;
+
+use serval_core::{DataType, Tensor, TensorData};
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+use crate::error::ServerError;
+use crate::infer::{InferRequest, Inferencer, take_key_tensor};
+use crate::store::VersionSelector;
+
+/// Generated protobuf types and service traits.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::*;
+
+/// The gRPC service over the shared request path.
+pub struct InferenceService {
+    inferencer: Inferencer,
+}
+
+impl InferenceService {
+    /// A tonic server for the service, with message size limits.
+    pub fn server(
+        inferencer: Inferencer,
+        max_message_bytes: usize,
+    ) -> GrpcInferenceServiceServer<InferenceService> {
+        GrpcInferenceServiceServer::new(InferenceService { inferencer })
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.inferencer.store().all_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self
+            .inferencer
+            .store()
+            .model(&r.name)
+            .and_then(|m| {
+                m.resolve(&VersionSelector::parse(Some(&r.version))?)
+                    .map(|_| ())
+            })
+            .is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "serval".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: crate::http::server_extensions()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let served_model = self.inferencer.store().model(&r.name)?;
+        let served = served_model.resolve(&VersionSelector::parse(Some(&r.version))?)?;
+        let signature = served.model.signature(None).map_err(ServerError::from)?;
+        let metadata = |specs: &[serval_core::TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| model_metadata_response::TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.data_type.as_str().into(),
+                    shape: s.shape_i64(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: r.name,
+            versions: served_model.versions.keys().map(u64::to_string).collect(),
+            platform: "onnx_onnxv1".into(),
+            inputs: metadata(&signature.inputs),
+            outputs: metadata(&signature.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let r = request.into_inner();
+        let served_model = self.inferencer.store().model(&r.model_name)?;
+        let served = served_model.resolve(&VersionSelector::parse(Some(&r.model_version))?)?;
+        let key_name = served.model.config().key.clone();
+        let use_raw = !r.raw_input_contents.is_empty();
+        if use_raw && r.raw_input_contents.len() != r.inputs.len() {
+            return Err(ServerError::BadRequest(format!(
+                "{} raw_input_contents for {} inputs: send one per input, in order",
+                r.raw_input_contents.len(),
+                r.inputs.len()
+            ))
+            .into());
+        }
+        let mut inputs = Vec::with_capacity(r.inputs.len());
+        for (ix, input) in r.inputs.iter().enumerate() {
+            let data_type = codec::data_type_of(&input.name, &input.datatype)?;
+            let shape = codec::shape_of(&input.name, &input.shape)?;
+            let tensor = if use_raw {
+                codec::decode_raw(&input.name, data_type, shape, &r.raw_input_contents[ix])?
+            } else {
+                from_contents(input, data_type, shape)?
+            };
+            inputs.push((input.name.clone(), tensor));
+        }
+        let keys = take_key_tensor(&mut inputs, &key_name)?;
+        let signature = match r
+            .parameters
+            .get("signature_name")
+            .and_then(|p| p.parameter_choice.clone())
+        {
+            Some(infer_parameter::ParameterChoice::StringParam(s)) => Some(s),
+            _ => None,
+        };
+        let response = self
+            .inferencer
+            .infer(InferRequest {
+                model: r.model_name.clone(),
+                version: VersionSelector::Number(served.model.version()),
+                signature,
+                inputs,
+                keys,
+                protocol: "v2_grpc",
+            })
+            .await?;
+        let mut outputs = response.outputs;
+        if !r.outputs.is_empty() {
+            if let Some(unknown) = r
+                .outputs
+                .iter()
+                .find(|o| o.name != key_name && !outputs.iter().any(|(n, _)| n == &o.name))
+            {
+                return Err(ServerError::BadRequest(format!(
+                    "requested output '{}' is not an output of model '{}'",
+                    unknown.name, r.model_name
+                ))
+                .into());
+            }
+            outputs.retain(|(n, _)| r.outputs.iter().any(|o| &o.name == n));
+        }
+        if let Some(keys) = response.keys {
+            let tensor = Tensor::new(vec![keys.len()], TensorData::Bytes(keys))
+                .map_err(|e| ServerError::from(serval_core::Error::from(e)))?;
+            outputs.push((key_name, tensor));
+        }
+        let raw_output_contents = outputs.iter().map(|(_, t)| codec::encode_raw(t)).collect();
+        let outputs = outputs
+            .into_iter()
+            .map(|(name, t)| InferOutputTensor {
+                name,
+                datatype: t.data_type().as_str().into(),
+                shape: t.shape().iter().map(|&d| d as i64).collect(),
+                parameters: HashMap::new(),
+                contents: None,
+            })
+            .collect();
+        Ok(Response::new(ModelInferResponse {
+            model_name: r.model_name,
+            model_version: response.version.to_string(),
+            id: r.id,
+            parameters: HashMap::new(),
+            outputs,
+            raw_output_contents,
+        }))
+    }
+}
+
+/// Decodes typed `InferTensorContents` (the non-raw gRPC form).
+fn from_contents(
+    input: &InferInputTensor,
+    data_type: DataType,
+    shape: Vec<usize>,
+) -> Result<Tensor, ServerError> {
+    let empty = InferTensorContents::default();
+    let c = input.contents.as_ref().unwrap_or(&empty);
+    let narrow = |what: &str| {
+        ServerError::BadRequest(format!(
+            "input '{}': a value does not fit {what}",
+            input.name
+        ))
+    };
+    let data = match data_type {
+        DataType::Bool => TensorData::Bool(c.bool_contents.clone()),
+        DataType::Uint8 => TensorData::Uint8(
+            c.uint_contents
+                .iter()
+                .map(|&x| u8::try_from(x))
+                .collect::<Result<_, _>>()
+                .map_err(|_| narrow("UINT8"))?,
+        ),
+        DataType::Uint16 => TensorData::Uint16(
+            c.uint_contents
+                .iter()
+                .map(|&x| u16::try_from(x))
+                .collect::<Result<_, _>>()
+                .map_err(|_| narrow("UINT16"))?,
+        ),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents.clone()),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents.clone()),
+        DataType::Int8 => TensorData::Int8(
+            c.int_contents
+                .iter()
+                .map(|&x| i8::try_from(x))
+                .collect::<Result<_, _>>()
+                .map_err(|_| narrow("INT8"))?,
+        ),
+        DataType::Int16 => TensorData::Int16(
+            c.int_contents
+                .iter()
+                .map(|&x| i16::try_from(x))
+                .collect::<Result<_, _>>()
+                .map_err(|_| narrow("INT16"))?,
+        ),
+        DataType::Int32 => TensorData::Int32(c.int_contents.clone()),
+        DataType::Int64 => TensorData::Int64(c.int64_contents.clone()),
+        DataType::Fp16 => {
+            return Err(ServerError::BadRequest(format!(
+                "input '{}': FP16 must be sent in raw_input_contents",
+                input.name
+            )));
+        }
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents.clone()),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents.clone()),
+        DataType::Bytes => TensorData::Bytes(
+            c.bytes_contents
+                .iter()
+                .map(|b| String::from_utf8(b.clone()))
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    ServerError::BadRequest(format!(
+                        "input '{}': BYTES element is not valid UTF-8",
+                        input.name
+                    ))
+                })?,
+        ),
+    };
+    Tensor::new(shape, data)
+        .map_err(|e| ServerError::BadRequest(format!("input '{}': {e}", input.name)))
+}

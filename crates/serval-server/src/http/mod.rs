@@ -1,0 +1,117 @@
+//! The REST front end: TF Serving's `/v1` API, the Open Inference Protocol's `/v2` API and
+//! Prometheus `/metrics`, on one axum router.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::{Result, ServerError};
+use crate::infer::Inferencer;
+
+mod tfserving;
+mod v2;
+
+pub use v2::server_extensions;
+
+/// Request limits enforced by every REST handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most instances accepted in one request (413 beyond).
+    pub max_instances: usize,
+}
+
+/// Shared state of the REST handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The protocol-neutral request path.
+    pub inferencer: Inferencer,
+    /// Request limits.
+    pub limits: Limits,
+    /// Renders `/metrics`; `None` when metrics are served on their own port.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole REST API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(tfserving::routes())
+        .merge(v2::routes())
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A router serving only `/metrics`, for a dedicated metrics port.
+pub fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { handle.render() }))
+        .fallback(not_found)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.metrics {
+        Some(handle) => handle.render().into_response(),
+        None => {
+            ServerError::NotFound("metrics are served on the metrics port".into()).into_response()
+        }
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ServerError {
+    ServerError::NotFound(format!("no route for {}", uri.path()))
+}
+
+/// Reads the body, refusing more than the limit with 413 before buffering it when possible.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes> {
+    let too_large = |n: &dyn std::fmt::Display| {
+        ServerError::PayloadTooLarge(format!(
+            "request body of {n} bytes exceeds the limit of {} bytes",
+            limits.max_body_bytes
+        ))
+    };
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && length > limits.max_body_bytes
+    {
+        return Err(too_large(&length));
+    }
+    axum::body::to_bytes(body, limits.max_body_bytes)
+        .await
+        .map_err(|_| too_large(&"more than the limit"))
+}
+
+/// A JSON response from pre-serialized bytes.
+pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Serializes `value` as a 200 JSON response.
+pub(crate) fn json_ok(value: &impl serde::Serialize) -> Result<Response> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| ServerError::BadRequest(format!("cannot encode response: {e}")))?;
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// Parses a JSON body, naming the position of a syntax error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ServerError::BadRequest(format!("malformed JSON request: {e}")))
+}
+
+/// Refuses requests with more instances than allowed.
+pub(crate) fn check_instances(rows: usize, limits: &Limits) -> Result<()> {
+    if rows > limits.max_instances {
+        return Err(ServerError::PayloadTooLarge(format!(
+            "{rows} instances exceed the limit of {} per request",
+            limits.max_instances
+        )));
+    }
+    Ok(())
+}

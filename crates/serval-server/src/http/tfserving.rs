@@ -1,0 +1,278 @@
+//! TensorFlow Serving's REST API: `:predict` in row (`instances`) and columnar (`inputs`)
+//! formats, version status and signature metadata, with version numbers and labels.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use serval_core::instances::{KeyedPredictions, TensorView, decode_instances};
+
+use super::{AppState, check_instances, json_ok, parse_json, read_body};
+use crate::error::{Result, ServerError};
+use crate::infer::InferRequest;
+use crate::store::{ServedModel, VersionSelector};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { ServerError::BadRequest("Missing model name in request.".into()) }),
+        )
+        .route("/v1/models/{*rest}", get(get_model).post(post_model))
+}
+
+/// `<model>[/versions/<n>|/labels/<l>]` followed by `:verb` (POST) or `[/metadata]` (GET).
+struct Target {
+    model: String,
+    version: VersionSelector,
+}
+
+fn parse_target(path: &str) -> Result<Target> {
+    let mut parts = path.split('/');
+    let model = parts
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ServerError::BadRequest("Missing model name in request.".into()))?;
+    let version = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => VersionSelector::Default,
+        (Some("versions"), Some(v), None) => VersionSelector::parse(Some(v))?,
+        (Some("labels"), Some(l), None) if !l.is_empty() => VersionSelector::Label(l.to_owned()),
+        _ => {
+            return Err(ServerError::NotFound(format!(
+                "no route for /v1/models/{path}"
+            )));
+        }
+    };
+    Ok(Target {
+        model: model.to_owned(),
+        version,
+    })
+}
+
+async fn get_model(State(state): State<AppState>, Path(rest): Path<String>) -> Result<Response> {
+    let (path, metadata) = match rest.strip_suffix("/metadata") {
+        Some(path) => (path, true),
+        None => (rest.as_str(), false),
+    };
+    let target = parse_target(path)?;
+    let served_model = state.inferencer.store().model(&target.model)?;
+    if metadata {
+        let served = served_model.resolve(&target.version)?;
+        return json_ok(&metadata_json(served_model, &served.model));
+    }
+    let versions: Vec<u64> = match target.version {
+        VersionSelector::Default => served_model.versions.keys().copied().collect(),
+        selector => vec![served_model.resolve(&selector)?.model.version()],
+    };
+    let statuses: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"version": v.to_string(), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}))
+        .collect();
+    json_ok(&json!({ "model_version_status": statuses }))
+}
+
+fn metadata_json(served_model: &ServedModel, model: &serval_core::Model) -> Value {
+    let tensor_info = |specs: &[serval_core::TensorSpec]| -> Value {
+        specs
+            .iter()
+            .map(|s| {
+                let dims: Vec<Value> = s.shape_i64().iter().map(|d| json!({"size": d.to_string(), "name": ""})).collect();
+                (s.name.clone(), json!({"dtype": s.data_type.tf_name(), "tensor_shape": {"dim": dims, "unknown_rank": false}, "name": s.name}))
+            })
+            .collect::<Map<String, Value>>()
+            .into()
+    };
+    let signatures: Map<String, Value> = model
+        .signatures()
+        .iter()
+        .map(|sig| {
+            (sig.name.clone(), json!({"inputs": tensor_info(&sig.inputs), "outputs": tensor_info(&sig.outputs), "method_name": "tensorflow/serving/predict"}))
+        })
+        .collect();
+    json!({
+        "model_spec": {"name": served_model.name, "signature_name": "", "version": model.version().to_string()},
+        "metadata": {"signature_def": {"signature_def": signatures}}
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    signature_name: Option<String>,
+    instances: Option<Vec<Value>>,
+    inputs: Option<Value>,
+}
+
+async fn post_model(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let Some((path, verb)) = rest.rsplit_once(':') else {
+        return Err(ServerError::NotFound(format!(
+            "no route for POST /v1/models/{rest}; use :predict"
+        )));
+    };
+    if verb != "predict" {
+        return Err(ServerError::BadRequest(format!(
+            "':{verb}' is not supported; use ':predict'"
+        )));
+    }
+    let target = parse_target(path)?;
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let request: PredictRequest = parse_json(&bytes)?;
+    let served_model = state.inferencer.store().model(&target.model)?;
+    let served = served_model.resolve(&target.version)?;
+    let model = &served.model;
+    let signature = model
+        .signature(request.signature_name.as_deref())
+        .map_err(ServerError::from)?;
+    let key_name = model.config().key.clone();
+    let (instances, columnar) = match (request.instances, request.inputs) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::BadRequest(
+                "expecting only one of 'inputs' or 'instances' keys".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ServerError::BadRequest(
+                "missing 'instances' or 'inputs' in request".into(),
+            ));
+        }
+        (Some(instances), None) => (instances, false),
+        (None, Some(inputs)) => (columnar_to_instances(inputs, signature, &key_name)?, true),
+    };
+    check_instances(instances.len(), &state.limits)?;
+    let decoded =
+        decode_instances(signature, &key_name, &instances).map_err(serval_core::Error::from)?;
+    let has_client_keys = decoded.keys.iter().any(Option::is_some);
+    let response = state
+        .inferencer
+        .infer(InferRequest {
+            model: target.model,
+            version: VersionSelector::Number(model.version()),
+            signature: Some(signature.name.clone()),
+            inputs: decoded.inputs,
+            keys: has_client_keys.then_some(decoded.keys),
+            protocol: "tfserving",
+        })
+        .await?;
+    let n = instances.len();
+    let keyed = KeyedPredictions {
+        key_name: response.key_name,
+        keys: response
+            .keys
+            .map(|keys| keys.into_iter().map(Some).collect())
+            .unwrap_or_else(|| vec![None; n]),
+        outputs: response.outputs,
+        warnings: decoded.warnings,
+    };
+    let has_keys = keyed.keys.iter().any(Option::is_some);
+    let mut body = Map::new();
+    if columnar {
+        let outputs = match (keyed.outputs.as_slice(), has_keys) {
+            ([(_, only)], false) => serde_json::to_value(TensorView(only)),
+            (outputs, _) => {
+                let mut map = Map::new();
+                if has_keys {
+                    map.insert(keyed.key_name.clone(), json!(keyed.keys));
+                }
+                for (name, tensor) in outputs {
+                    map.insert(
+                        name.clone(),
+                        serde_json::to_value(TensorView(tensor)).unwrap_or_default(),
+                    );
+                }
+                Ok(Value::Object(map))
+            }
+        };
+        body.insert(
+            "outputs".into(),
+            outputs.map_err(|e| ServerError::BadRequest(e.to_string()))?,
+        );
+    } else {
+        let predictions: Vec<Value> = match (keyed.outputs.as_slice(), has_keys) {
+            // TF Serving drops the name of a single output; keyed rows need objects.
+            ([(_, only)], false) => (0..n)
+                .map(|r| {
+                    serde_json::to_value(serval_core::instances::RowView {
+                        tensor: only,
+                        row: r,
+                    })
+                })
+                .collect::<Result<_, _>>(),
+            _ => (0..n)
+                .map(|r| serde_json::to_value(keyed.row(r)))
+                .collect::<Result<_, _>>(),
+        }
+        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        body.insert("predictions".into(), Value::Array(predictions));
+    }
+    if !keyed.warnings.is_empty() {
+        body.insert("warnings".into(), json!(keyed.warnings));
+    }
+    json_ok(&Value::Object(body))
+}
+
+/// Columnar `inputs` (one tensor per input, axis 0 = instance) as row instances.
+fn columnar_to_instances(
+    inputs: Value,
+    signature: &serval_core::Signature,
+    key_name: &str,
+) -> Result<Vec<Value>> {
+    let columns: Map<String, Value> = match inputs {
+        Value::Object(map)
+            if map
+                .keys()
+                .all(|k| k == key_name || signature.inputs.iter().any(|s| &s.name == k)) =>
+        {
+            map
+        }
+        bare if signature.inputs.len() == 1 => {
+            Map::from_iter([(signature.inputs[0].name.clone(), bare)])
+        }
+        _ => {
+            return Err(ServerError::BadRequest(format!(
+                "'inputs' must be an object naming the model's inputs ({})",
+                signature
+                    .inputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let mut rows: Option<usize> = None;
+    for (name, value) in &columns {
+        let Value::Array(items) = value else {
+            return Err(ServerError::BadRequest(format!(
+                "input '{name}' must be a list with one entry per instance"
+            )));
+        };
+        match rows {
+            Some(n) if n != items.len() => {
+                return Err(ServerError::BadRequest(format!(
+                    "input '{name}' has {} instances, others have {n}",
+                    items.len()
+                )));
+            }
+            _ => rows = Some(items.len()),
+        }
+    }
+    let rows = rows.unwrap_or(0);
+    let mut instances: Vec<Map<String, Value>> = vec![Map::new(); rows];
+    for (name, value) in columns {
+        if let Value::Array(items) = value {
+            for (instance, item) in instances.iter_mut().zip(items) {
+                instance.insert(name.clone(), item);
+            }
+        }
+    }
+    Ok(instances.into_iter().map(Value::Object).collect())
+}

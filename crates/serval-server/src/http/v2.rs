@@ -1,0 +1,437 @@
+//! The Open Inference Protocol v2 REST API (Triton, KServe, MLServer), with Triton's binary
+//! tensor extension: health, server and model metadata, model config, and `infer`.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use serval_core::instances::FlatView;
+use serval_core::{Tensor, TensorSpec};
+
+use super::{AppState, check_instances, json_bytes, json_ok, parse_json, read_body};
+use crate::codec;
+use crate::error::{Result, ServerError};
+use crate::infer::{InferRequest, take_key_tensor};
+use crate::store::VersionSelector;
+
+/// Header giving the JSON part's length when binary tensor data follows it.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route(
+            "/v2/health/live",
+            get(|| async { axum::Json(json!({"live": true})) }),
+        )
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_versioned),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_versioned),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_versioned),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_versioned),
+        )
+}
+
+/// What `GET /v2` answers (shared with gRPC `ServerMetadata`).
+pub fn server_extensions() -> Vec<&'static str> {
+    vec!["binary_tensor_data", "model_configuration"]
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({"name": "serval", "version": env!("CARGO_PKG_VERSION"), "extensions": server_extensions()})).into_response()
+}
+
+async fn server_ready(State(state): State<AppState>) -> Result<Response> {
+    if state.inferencer.store().all_ready() {
+        Ok(axum::Json(json!({"ready": true})).into_response())
+    } else {
+        Err(ServerError::Unavailable(
+            "not ready: some models failed to load (see /v1/models/<name>)".into(),
+        ))
+    }
+}
+
+fn resolve<'s>(
+    state: &'s AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<&'s crate::store::ServedVersion> {
+    let served_model = state.inferencer.store().model(model)?;
+    Ok(served_model
+        .resolve(&VersionSelector::parse(version)?)?
+        .as_ref())
+}
+
+/// Tensor metadata as OIP lists it.
+#[derive(Serialize)]
+pub(crate) struct TensorMetadata {
+    name: String,
+    datatype: &'static str,
+    shape: Vec<i64>,
+}
+
+pub(crate) fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.data_type.as_str(),
+            shape: s.shape_i64(),
+        })
+        .collect()
+}
+
+async fn model_metadata(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
+    metadata(&state, &model, None)
+}
+
+async fn model_metadata_versioned(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response> {
+    metadata(&state, &model, Some(&version))
+}
+
+fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Response> {
+    let served = resolve(state, model, version)?;
+    let served_model = state.inferencer.store().model(model)?;
+    let signature = served.model.signature(None)?;
+    json_ok(&json!({
+        "name": model,
+        "versions": served_model.versions.keys().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": "onnx_onnxv1",
+        "inputs": tensor_metadata(&signature.inputs),
+        "outputs": tensor_metadata(&signature.outputs),
+    }))
+}
+
+async fn model_ready(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
+    resolve(&state, &model, None)?;
+    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
+}
+
+async fn model_ready_versioned(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response> {
+    resolve(&state, &model, Some(&version))?;
+    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
+}
+
+async fn model_config(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
+    config(&state, &model, None)
+}
+
+async fn model_config_versioned(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response> {
+    config(&state, &model, Some(&version))
+}
+
+/// A minimal Triton model configuration, enough for perf_analyzer to drive the model.
+fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Response> {
+    let served = resolve(state, model, version)?;
+    let m = &served.model;
+    let signature = m.signature(None)?;
+    let batchable = m.is_batchable();
+    let max_batch_size = if batchable {
+        m.config().batching.max_batch_size
+    } else {
+        0
+    };
+    let tensors = |specs: &[TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| {
+                let dims = if batchable { &s.shape_i64()[1..] } else { &s.shape_i64()[..] };
+                json!({"name": s.name, "data_type": format!("TYPE_{}", triton_type(s)), "dims": dims})
+            })
+            .collect()
+    };
+    json_ok(&json!({
+        "name": model,
+        "platform": "onnxruntime_onnx",
+        "backend": m.backend_choice().kind.as_str(),
+        "max_batch_size": max_batch_size,
+        "input": tensors(&signature.inputs),
+        "output": tensors(&signature.outputs),
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": m.config().batching.max_queue_delay_us,
+            "preferred_batch_size": m.config().batching.preferred_batch_sizes,
+        },
+        "version_policy": {"latest": {"num_versions": 1}},
+    }))
+}
+
+fn triton_type(spec: &TensorSpec) -> &'static str {
+    match spec.data_type {
+        serval_core::DataType::Bytes => "STRING",
+        other => other.as_str(),
+    }
+}
+
+#[derive(Deserialize)]
+struct InferRequestBody {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputTensor>,
+    outputs: Option<Vec<RequestedOutput>>,
+}
+
+#[derive(Deserialize)]
+struct InputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<FlatView<'a>>,
+}
+
+async fn infer(
+    state: State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    run_infer(state, model, None, headers, body).await
+}
+
+async fn infer_versioned(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    run_infer(state, model, Some(version), headers, body).await
+}
+
+async fn run_infer(
+    State(state): State<AppState>,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ServerError::BadRequest(format!(
+                        "{HEADER_LENGTH} must be a non-negative integer"
+                    ))
+                })?,
+        ),
+    };
+    let (json_part, mut binary) = match json_len {
+        Some(n) if n > bytes.len() => {
+            return Err(ServerError::BadRequest(format!(
+                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
+                bytes.len()
+            )));
+        }
+        Some(0) => {
+            return Err(ServerError::BadRequest(
+                "raw binary requests (header length 0) are not supported; send a JSON header"
+                    .into(),
+            ));
+        }
+        Some(n) => (&bytes[..n], &bytes[n..]),
+        None => (&bytes[..], &[][..]),
+    };
+    let request: InferRequestBody = parse_json(json_part)?;
+    let served = resolve(&state, &model, version.as_deref())?;
+    let key_name = served.model.config().key.clone();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let data_type = codec::data_type_of(&input.name, &input.datatype)?;
+        let shape = codec::shape_of(&input.name, &input.shape)?;
+        let tensor = match (input.parameters.get("binary_data_size"), &input.data) {
+            (Some(size), _) => {
+                let size = size
+                    .as_u64()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(|| {
+                        ServerError::BadRequest(format!(
+                            "input '{}': binary_data_size must be a non-negative integer",
+                            input.name
+                        ))
+                    })?;
+                if size > binary.len() {
+                    return Err(ServerError::BadRequest(format!(
+                        "input '{}': binary_data_size {size} exceeds the {} bytes of binary data left",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                codec::decode_raw(&input.name, data_type, shape, mine)?
+            }
+            (None, Some(data)) => codec::decode_json(&input.name, data_type, shape, data)?,
+            (None, None) => {
+                return Err(ServerError::BadRequest(format!(
+                    "input '{}' has neither data nor binary_data_size",
+                    input.name
+                )));
+            }
+        };
+        inputs.push((input.name.clone(), tensor));
+    }
+    if !binary.is_empty() {
+        return Err(ServerError::BadRequest(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let keys = take_key_tensor(&mut inputs, &key_name)?;
+    check_instances(inputs.first().map_or(0, |(_, t)| t.rows()), &state.limits)?;
+    let signature = match request.parameters.get("signature_name") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let response = state
+        .inferencer
+        .infer(InferRequest {
+            model: model.clone(),
+            version: VersionSelector::Number(served.model.version()),
+            signature,
+            inputs,
+            keys,
+            protocol: "v2_rest",
+        })
+        .await?;
+    let key_tensor = match response.keys {
+        Some(keys) => Some(
+            Tensor::new(vec![keys.len()], serval_core::TensorData::Bytes(keys))
+                .map_err(serval_core::Error::from)?,
+        ),
+        None => None,
+    };
+    let mut outputs: Vec<(&str, &Tensor)> = response
+        .outputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .collect();
+    if let Some(requested) = &request.outputs {
+        for r in requested {
+            if r.name != key_name && !outputs.iter().any(|(n, _)| *n == r.name) {
+                return Err(ServerError::BadRequest(format!(
+                    "requested output '{}' is not an output of model '{model}' (outputs: {})",
+                    r.name,
+                    outputs
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        outputs.retain(|(n, _)| requested.iter().any(|r| r.name == *n));
+    }
+    if let Some(key_tensor) = &key_tensor {
+        outputs.push((key_name.as_str(), key_tensor));
+    }
+    let all_binary = request
+        .parameters
+        .get("binary_data_output")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let wants_binary = |name: &str| {
+        request
+            .outputs
+            .as_ref()
+            .and_then(|rs| rs.iter().find(|r| r.name == name))
+            .and_then(|r| r.parameters.get("binary_data"))
+            .and_then(Value::as_bool)
+            .unwrap_or(all_binary)
+    };
+    let mut tail = Vec::new();
+    let mut encoded = Vec::with_capacity(outputs.len());
+    for (name, tensor) in &outputs {
+        if wants_binary(name) {
+            let raw = codec::encode_raw(tensor);
+            let parameters = json!({"binary_data_size": raw.len()});
+            tail.extend_from_slice(&raw);
+            encoded.push(OutputTensor {
+                name,
+                datatype: tensor.data_type().as_str(),
+                shape: tensor.shape(),
+                parameters: Some(parameters),
+                data: None,
+            });
+        } else {
+            encoded.push(OutputTensor {
+                name,
+                datatype: tensor.data_type().as_str(),
+                shape: tensor.shape(),
+                parameters: None,
+                data: Some(FlatView(tensor)),
+            });
+        }
+    }
+    let header_json = json!({
+        "model_name": model,
+        "model_version": response.version.to_string(),
+        "id": request.id,
+        "outputs": encoded,
+    });
+    let mut body = serde_json::to_vec(&header_json)
+        .map_err(|e| ServerError::BadRequest(format!("cannot encode response: {e}")))?;
+    if tail.is_empty() {
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
+    let json_len = body.len();
+    body.extend_from_slice(&tail);
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    res.headers_mut()
+        .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    Ok(res)
+}

@@ -1,0 +1,216 @@
+//! The protocol-neutral request path: resolve the version, split off and mint keys, admit or
+//! shed, run on a blocking thread under a deadline, record metrics.
+//!
+//! Every front end (TF Serving REST, OIP REST, OIP gRPC) decodes into [`InferRequest`] and
+//! encodes [`InferResponse`]; none of them batches, queues or runs models itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serval_core::{Tensor, TensorData};
+
+use crate::error::{Result, ServerError};
+use crate::metrics;
+use crate::store::{ModelStore, VersionSelector};
+
+/// A decoded request, independent of protocol.
+pub struct InferRequest {
+    /// Model name.
+    pub model: String,
+    /// Which version.
+    pub version: VersionSelector,
+    /// Signature name (`None`: `serving_default`).
+    pub signature: Option<String>,
+    /// Inputs by public name, axis 0 = instance; the key tensor is not among them.
+    pub inputs: Vec<(String, Tensor)>,
+    /// Per-instance client keys, when the request carried any.
+    pub keys: Option<Vec<Option<String>>>,
+    /// Protocol label for metrics (`tfserving`, `v2_rest`, `v2_grpc`).
+    pub protocol: &'static str,
+}
+
+/// The result of one request.
+pub struct InferResponse {
+    /// Model name.
+    pub model: String,
+    /// The version that answered.
+    pub version: u64,
+    /// The model's key field name.
+    pub key_name: String,
+    /// Per-instance keys (client's, or minted), `None` when the request had none and minting is off.
+    pub keys: Option<Vec<String>>,
+    /// Signature outputs, one row per instance.
+    pub outputs: Vec<(String, Tensor)>,
+}
+
+/// Shared handle used by every protocol.
+#[derive(Clone)]
+pub struct Inferencer {
+    store: Arc<ModelStore>,
+    timeout: Duration,
+}
+
+impl Inferencer {
+    /// A handle over loaded models with a per-request deadline.
+    pub fn new(store: Arc<ModelStore>, timeout: Duration) -> Inferencer {
+        Inferencer { store, timeout }
+    }
+
+    /// The loaded models.
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    /// Runs one request end to end, recording metrics whatever the outcome.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        let started = Instant::now();
+        let model_name = request.model.clone();
+        let protocol = request.protocol;
+        let res = self.infer_inner(request, started).await;
+        let version = res
+            .as_ref()
+            .map(|r| r.version.to_string())
+            .unwrap_or_default();
+        let status = match &res {
+            Ok(_) => 200,
+            Err(e) => e.status().as_u16(),
+        };
+        metrics::record_request(&model_name, &version, protocol, status, started.elapsed());
+        res
+    }
+
+    async fn infer_inner(&self, request: InferRequest, started: Instant) -> Result<InferResponse> {
+        let served_model = self.store.model(&request.model)?;
+        let served = served_model.resolve(&request.version)?.clone();
+        let model_cfg = served.model.config();
+        let rows = request.inputs.first().map(|(_, t)| t.rows()).unwrap_or(0);
+        let keys = finish_keys(request.keys, rows, model_cfg.mint_keys)?;
+        // Admission: a full queue answers 429 now instead of piling up work (and memory).
+        let _admitted = served
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServerError::Overloaded(request.model.clone()))?;
+        let deadline = self.timeout;
+        let version = served.model.version();
+        let run = async {
+            // Waiting here is cancelled if the client goes away: nothing is computed for it.
+            let _worker = served.workers.clone().acquire_owned().await.map_err(|_| {
+                ServerError::Unavailable(format!("model '{}' is shutting down", request.model))
+            })?;
+            let queued = started.elapsed();
+            let task_served = served.clone();
+            let signature = request.signature.clone();
+            let inputs = request.inputs;
+            let compute_started = Instant::now();
+            let outputs = tokio::task::spawn_blocking(move || {
+                run_split(&task_served, signature.as_deref(), inputs)
+            })
+            .await
+            .map_err(|e| ServerError::Unavailable(format!("inference task failed: {e}")))??;
+            metrics::record_stages(
+                &request.model,
+                version,
+                queued,
+                compute_started.elapsed(),
+                rows,
+            );
+            Ok::<_, ServerError>(outputs)
+        };
+        let outputs = tokio::time::timeout(deadline, run)
+            .await
+            .map_err(|_| ServerError::Timeout(deadline.as_millis() as u64))??;
+        Ok(InferResponse {
+            model: request.model,
+            version,
+            key_name: model_cfg.key.clone(),
+            keys,
+            outputs,
+        })
+    }
+}
+
+/// Runs a request, splitting client batches larger than `max_batch_size` (never rejecting them).
+fn run_split(
+    served: &crate::store::ServedVersion,
+    signature: Option<&str>,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>> {
+    let model = &served.model;
+    let max = model.config().batching.max_batch_size;
+    let rows = inputs.first().map(|(_, t)| t.rows()).unwrap_or(0);
+    if !model.is_batchable() || rows <= max {
+        return Ok(model.predict(signature, inputs)?);
+    }
+    let mut parts: Vec<Vec<(String, Tensor)>> = Vec::new();
+    for start in (0..rows).step_by(max) {
+        let end = (start + max).min(rows);
+        let chunk = inputs
+            .iter()
+            .map(|(n, t)| (n.clone(), t.slice_rows(start, end)))
+            .collect();
+        parts.push(model.predict(signature, chunk)?);
+    }
+    let names: Vec<String> = parts[0].iter().map(|(n, _)| n.clone()).collect();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(ix, name)| {
+            let pieces: Vec<Tensor> = parts.iter().map(|p| p[ix].1.clone()).collect();
+            let joined = Tensor::concat_rows(&pieces).map_err(serval_core::Error::from)?;
+            Ok((name, joined))
+        })
+        .collect()
+}
+
+/// Keeps client keys untouched and mints a UUIDv7 for every instance without one.
+fn finish_keys(
+    keys: Option<Vec<Option<String>>>,
+    rows: usize,
+    mint: bool,
+) -> Result<Option<Vec<String>>> {
+    match keys {
+        Some(keys) if keys.len() != rows => Err(ServerError::BadRequest(format!(
+            "{} keys for {rows} instances: send one key per instance",
+            keys.len()
+        ))),
+        Some(keys) if mint || keys.iter().all(Option::is_some) => Ok(Some(
+            keys.into_iter()
+                .map(|k| k.unwrap_or_else(mint_key))
+                .collect(),
+        )),
+        Some(keys) => Ok(Some(
+            keys.into_iter().map(Option::unwrap_or_default).collect(),
+        )),
+        None if mint => Ok(Some((0..rows).map(|_| mint_key()).collect())),
+        None => Ok(None),
+    }
+}
+
+fn mint_key() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Splits the key tensor (named `key_name`) out of protocol inputs: it is never fed to the model.
+pub fn take_key_tensor(
+    inputs: &mut Vec<(String, Tensor)>,
+    key_name: &str,
+) -> Result<Option<Vec<Option<String>>>> {
+    let Some(ix) = inputs.iter().position(|(n, _)| n == key_name) else {
+        return Ok(None);
+    };
+    let (_, tensor) = inputs.swap_remove(ix);
+    if tensor.shape().len() > 2 || (tensor.shape().len() == 2 && tensor.shape()[1] != 1) {
+        return Err(ServerError::BadRequest(format!(
+            "key tensor '{key_name}' must have shape [N] (one key per instance), got {:?}",
+            tensor.shape()
+        )));
+    }
+    match tensor.into_parts().1 {
+        TensorData::Bytes(keys) => Ok(Some(keys.into_iter().map(Some).collect())),
+        other => Err(ServerError::BadRequest(format!(
+            "key tensor '{key_name}' must be BYTES (strings), got {}",
+            other.data_type()
+        ))),
+    }
+}

@@ -1,0 +1,140 @@
+//! Serval's online server: one process answering TF Serving REST, Open Inference Protocol v2
+//! REST (with Triton's binary extension) and v2 gRPC, plus Prometheus metrics.
+//!
+//! The request path is protocol → [`infer::Inferencer`] → `serval_core::Model`: front ends
+//! only decode and encode; admission, deadlines, key minting and metrics live in `infer`.
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serval_core::ModelRepository;
+use tokio::net::TcpListener;
+
+pub mod codec;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod infer;
+pub mod metrics;
+pub mod store;
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Separate metrics address; `None` serves `/metrics` on the HTTP port.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Request limits.
+    pub limits: http::Limits,
+    /// Deadline for one request (queueing plus compute).
+    pub request_timeout: Duration,
+}
+
+/// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    repository: &ModelRepository,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = Arc::new(store::ModelStore::load(repository)?);
+    let handle = metrics::install().map_err(ServeError::Metrics)?;
+    let inferencer = infer::Inferencer::new(store, config.request_timeout);
+    let state = http::AppState {
+        inferencer: inferencer.clone(),
+        limits: config.limits,
+        metrics: config.metrics_addr.is_none().then(|| handle.clone()),
+    };
+    let http_listener = bind(config.http_addr).await?;
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    // Announce bound ports (tests and scripts pass port 0 and read them here).
+    tracing::info!(http = %local(&http_listener), grpc = %local(&grpc_listener), "serving");
+    println!(
+        "serval listening http={} grpc={}",
+        local(&http_listener),
+        local(&grpc_listener)
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&stop| stop).await;
+    };
+    let http_server = axum::serve(http_listener, http::router(state))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(grpc::InferenceService::server(
+            inferencer,
+            config.limits.max_body_bytes,
+        ))
+        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
+    let metrics_server = async {
+        match metrics_listener {
+            Some(listener) => {
+                axum::serve(listener, http::metrics_router(handle))
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (http_res, grpc_res, metrics_res) = tokio::join!(http_server, grpc_server, metrics_server);
+    http_res.map_err(ServeError::Io)?;
+    grpc_res.map_err(|e| ServeError::Grpc(e.to_string()))?;
+    metrics_res.map_err(ServeError::Io)?;
+    Ok(())
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The repository could not be read.
+    #[error(transparent)]
+    Repository(#[from] serval_core::Error),
+    /// A listener failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(String),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string())
+}
+
+/// Adapts a tokio listener to the stream of connections tonic accepts.
+fn tokio_stream_from(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+}
