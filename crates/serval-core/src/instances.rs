@@ -117,11 +117,7 @@ pub fn decode_instances(
         return Err(InputError::new("empty input: no instances to predict"));
     }
     let mut keys = Vec::with_capacity(instances.len());
-    let mut columns: Vec<Column> = signature
-        .inputs
-        .iter()
-        .map(|spec| Column::new(spec))
-        .collect();
+    let mut columns: Vec<Column> = signature.inputs.iter().map(Column::new).collect();
     let expected = || {
         signature
             .inputs

@@ -42,19 +42,19 @@ pub(crate) fn build_signatures(
         .iter()
         .map(|s| renamed(s, &cfg.outputs))
         .collect();
-    for (graph_name, _) in cfg
+    if let Some(graph_name) = cfg
         .inputs
-        .iter()
-        .filter(|(g, _)| !graph.inputs.iter().any(|s| &&s.name == g))
+        .keys()
+        .find(|g| !graph.inputs.iter().any(|s| &&s.name == g))
     {
         return Err(format!(
             "[inputs] renames '{graph_name}', which is not a graph input"
         ));
     }
-    for (graph_name, _) in cfg
+    if let Some(graph_name) = cfg
         .outputs
-        .iter()
-        .filter(|(g, _)| !graph.outputs.iter().any(|s| &&s.name == g))
+        .keys()
+        .find(|g| !graph.outputs.iter().any(|s| &&s.name == g))
     {
         return Err(format!(
             "[outputs] renames '{graph_name}', which is not a graph output"

@@ -29,12 +29,13 @@ impl OrtBackend {
         let env = runtime(None)?;
         let sessions = (0..instances.max(1))
             .map(|_| {
-                Session::builder(env)
-                    .map_err(|e| e.to_string())?
-                    .with_intra_threads(1)
-                    .and_then(|b| b.with_inter_threads(1))
-                    .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-                    .map_err(|e| e.to_string())?
+                let builder = Session::builder(env).map_err(|e| e.to_string())?;
+                let builder = builder.with_intra_threads(1).map_err(|e| e.to_string())?;
+                let builder = builder.with_inter_threads(1).map_err(|e| e.to_string())?;
+                let mut builder = builder
+                    .with_optimization_level(GraphOptimizationLevel::Level3)
+                    .map_err(|e| e.to_string())?;
+                builder
                     .commit_from_file(path)
                     .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))
             })
