@@ -339,9 +339,33 @@ fn push_scalar(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
         TensorData::Fp16(v) => v.push(half::f16::from_f64(float(value).ok_or_else(mismatch)?)),
         TensorData::Fp32(v) => v.push(float(value).ok_or_else(mismatch)? as f32),
         TensorData::Fp64(v) => v.push(float(value).ok_or_else(mismatch)?),
-        TensorData::Bytes(v) => v.push(value.as_str().ok_or_else(mismatch)?.to_owned()),
+        TensorData::Bytes(v) => v.push(bytes_value(value).ok_or_else(mismatch)??),
     }
     Ok(())
+}
+
+/// A string, or TF Serving's `{"b64": "..."}` form of binary values (which must decode to UTF-8,
+/// since ONNX string tensors are UTF-8).
+fn bytes_value(value: &Value) -> Option<Result<String, InputError>> {
+    use base64::Engine as _;
+    match value {
+        Value::String(s) => Some(Ok(s.clone())),
+        Value::Object(map) if map.len() == 1 => {
+            let encoded = map.get("b64")?.as_str()?;
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| {
+                        InputError::new(format!("invalid base64 in {{\"b64\": ...}}: {e}"))
+                    })
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes)
+                            .map_err(|_| InputError::new("{\"b64\": ...} value is not UTF-8 text"))
+                    }),
+            )
+        }
+        _ => None,
+    }
 }
 
 /// A JSON number, or the strings `NaN`, `Infinity`, `-Infinity` (JSON has no literals for them).

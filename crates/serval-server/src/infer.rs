@@ -76,6 +76,7 @@ impl Inferencer {
             Err(e) => e.status().as_u16(),
         };
         metrics::record_request(&model_name, &version, protocol, status, started.elapsed());
+        tracing::debug!(model = %model_name, version = %version, protocol, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
         res
     }
 
