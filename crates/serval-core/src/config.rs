@@ -182,6 +182,8 @@ pub struct BatchingConfig {
     pub preferred_batch_sizes: Vec<usize>,
     /// Requests allowed to wait; beyond it the server answers 429 at once.
     pub max_queue_size: usize,
+    /// Bytes of input allowed to wait (so memory stays bounded whatever the request sizes).
+    pub max_queue_bytes: usize,
 }
 
 impl Default for BatchingConfig {
@@ -191,6 +193,7 @@ impl Default for BatchingConfig {
             max_queue_delay_us: 0,
             preferred_batch_sizes: Vec::new(),
             max_queue_size: 1024,
+            max_queue_bytes: 256 * 1024 * 1024,
         }
     }
 }

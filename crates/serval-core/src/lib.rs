@@ -43,7 +43,7 @@ pub mod tensor;
 pub use config::ModelConfig;
 pub use error::{Error, InputError, Result};
 pub use graph::TensorSpec;
-pub use model::Model;
+pub use model::{Model, ValidInputs};
 pub use repository::{ModelRepository, RepositoryOptions};
 pub use signature::{DEFAULT_SIGNATURE, Signature};
 pub use tensor::{DataType, Tensor, TensorData};

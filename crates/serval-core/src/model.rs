@@ -11,6 +11,80 @@ use crate::postprocess;
 use crate::signature::{self, DEFAULT_SIGNATURE, Signature};
 use crate::tensor::Tensor;
 
+/// Inputs that passed [`Model::validate`]: in graph order, one row per instance.
+///
+/// Batchers may slice and concatenate them; both keep them valid (same signature, same types,
+/// same per-row shapes).
+#[derive(Debug, Clone)]
+pub struct ValidInputs {
+    signature: String,
+    tensors: Vec<Tensor>,
+}
+
+impl ValidInputs {
+    /// The signature they were validated against.
+    pub fn signature(&self) -> &str {
+        &self.signature
+    }
+
+    /// Number of instances.
+    pub fn rows(&self) -> usize {
+        self.tensors.first().map_or(0, Tensor::rows)
+    }
+
+    /// Approximate memory held, for queue limits in bytes.
+    pub fn byte_size(&self) -> usize {
+        self.tensors
+            .iter()
+            .map(|t| {
+                let n = t.data().len();
+                match t.data() {
+                    crate::tensor::TensorData::Bytes(v) => v.iter().map(|s| s.len() + 24).sum(),
+                    other => n * other.data_type().size_of().unwrap_or(8),
+                }
+            })
+            .sum()
+    }
+
+    /// Whether `other` can be stacked with these on axis 0.
+    pub fn can_batch_with(&self, other: &ValidInputs) -> bool {
+        self.signature == other.signature
+            && self.tensors.len() == other.tensors.len()
+            && self.tensors.iter().zip(&other.tensors).all(|(a, b)| {
+                a.data_type() == b.data_type() && a.shape().get(1..) == b.shape().get(1..)
+            })
+    }
+
+    /// Stacks parts that all `can_batch_with` the first.
+    pub fn concat(parts: &[ValidInputs]) -> Result<ValidInputs, InputError> {
+        let first = parts
+            .first()
+            .ok_or_else(|| InputError::new("cannot batch zero requests"))?;
+        let tensors = (0..first.tensors.len())
+            .map(|ix| {
+                let column: Vec<Tensor> = parts.iter().map(|p| p.tensors[ix].clone()).collect();
+                Tensor::concat_rows(&column)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ValidInputs {
+            signature: first.signature.clone(),
+            tensors,
+        })
+    }
+
+    /// Instances `start..end`.
+    pub fn slice_rows(&self, start: usize, end: usize) -> ValidInputs {
+        ValidInputs {
+            signature: self.signature.clone(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| t.slice_rows(start, end))
+                .collect(),
+        }
+    }
+}
+
 /// Name of the ONNX file inside a version directory.
 pub const MODEL_FILE: &str = "model.onnx";
 
@@ -155,8 +229,29 @@ impl Model {
         signature: Option<&str>,
         inputs: Vec<(String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>> {
+        let valid = self.validate(signature, inputs)?;
+        self.run(valid)
+    }
+
+    /// Checks names, types, shapes and values against a signature; the result is the only way
+    /// into [`Model::run`], so the engine never sees an unchecked tensor.
+    pub fn validate(
+        &self,
+        signature: Option<&str>,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<ValidInputs> {
         let signature = self.signature(signature)?;
-        let ordered = self.validate(signature, inputs)?;
+        let tensors = self.check_inputs(signature, inputs)?;
+        Ok(ValidInputs {
+            signature: signature.name.clone(),
+            tensors,
+        })
+    }
+
+    /// Runs validated inputs: engine, post-processing, signature outputs in order.
+    pub fn run(&self, inputs: ValidInputs) -> Result<Vec<(String, Tensor)>> {
+        let signature = self.signature(Some(&inputs.signature))?;
+        let ordered = inputs.tensors;
         let rows = ordered.first().map(Tensor::rows).unwrap_or(0);
         let raw = self
             .backend
@@ -214,7 +309,7 @@ impl Model {
     }
 
     /// Checks names, types, shapes and values; returns inputs in graph order.
-    fn validate(
+    fn check_inputs(
         &self,
         signature: &Signature,
         mut inputs: Vec<(String, Tensor)>,

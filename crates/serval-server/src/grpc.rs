@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::error::ServerError;
+use crate::http::{Limits, check_instances};
 use crate::infer::{InferRequest, Inferencer, take_key_tensor};
 use crate::store::VersionSelector;
 
@@ -25,16 +26,17 @@ use proto::*;
 /// The gRPC service over the shared request path.
 pub struct InferenceService {
     inferencer: Inferencer,
+    limits: Limits,
 }
 
 impl InferenceService {
-    /// A tonic server for the service, with message size limits.
+    /// A tonic server for the service, with the REST front end's message size and instance limits.
     pub fn server(
         inferencer: Inferencer,
-        max_message_bytes: usize,
+        limits: Limits,
     ) -> GrpcInferenceServiceServer<InferenceService> {
-        GrpcInferenceServiceServer::new(InferenceService { inferencer })
-            .max_decoding_message_size(max_message_bytes)
+        GrpcInferenceServiceServer::new(InferenceService { inferencer, limits })
+            .max_decoding_message_size(limits.max_body_bytes)
             .max_encoding_message_size(usize::MAX)
     }
 }
@@ -144,6 +146,7 @@ impl GrpcInferenceService for InferenceService {
             inputs.push((input.name.clone(), tensor));
         }
         let keys = take_key_tensor(&mut inputs, &key_name)?;
+        check_instances(inputs.first().map_or(0, |(_, t)| t.rows()), &self.limits)?;
         let signature = match r
             .parameters
             .get("signature_name")

@@ -75,10 +75,7 @@ pub async fn serve(
     let http_server = axum::serve(http_listener, http::router(state))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(grpc::InferenceService::server(
-            inferencer,
-            config.limits.max_body_bytes,
-        ))
+        .add_service(grpc::InferenceService::server(inferencer, config.limits))
         .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
     let metrics_server = async {
         match metrics_listener {

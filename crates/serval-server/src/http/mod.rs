@@ -2,7 +2,7 @@
 //! Prometheus `/metrics`, on one axum router.
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -67,6 +67,9 @@ async fn not_found(uri: axum::http::Uri) -> ServerError {
 }
 
 /// Reads the body, refusing more than the limit with 413 before buffering it when possible.
+///
+/// Only an over-limit body is a 413: a body that cannot be read (malformed chunked encoding,
+/// a connection error) is a 400.
 pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes> {
     let too_large = |n: &dyn std::fmt::Display| {
         ServerError::PayloadTooLarge(format!(
@@ -82,9 +85,30 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) 
     {
         return Err(too_large(&length));
     }
-    axum::body::to_bytes(body, limits.max_body_bytes)
-        .await
-        .map_err(|_| too_large(&"more than the limit"))
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame
+            .map_err(|e| ServerError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > limits.max_body_bytes {
+                return Err(too_large(&format_args!(
+                    "more than {}",
+                    limits.max_body_bytes
+                )));
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 /// A JSON response from pre-serialized bytes.

@@ -413,12 +413,15 @@ async fn run_infer(
             });
         }
     }
-    let header_json = json!({
+    let mut header_json = json!({
         "model_name": model,
         "model_version": response.version.to_string(),
-        "id": request.id,
         "outputs": encoded,
     });
+    // OIP: `id` is an optional string, echoed only when the request had one (never `null`).
+    if let Some(id) = request.id {
+        header_json["id"] = Value::String(id);
+    }
     let mut body = serde_json::to_vec(&header_json)
         .map_err(|e| ServerError::BadRequest(format!("cannot encode response: {e}")))?;
     if tail.is_empty() {

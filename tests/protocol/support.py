@@ -1,0 +1,248 @@
+"""Shared helpers for the protocol suite: the server process, goldens and comparisons."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+REPO = ROOT / "examples" / "models"
+GOLDEN_DIR = ROOT / "examples" / "golden"
+MODELS = sorted(p.name for p in REPO.iterdir() if (p / "1" / "model.onnx").is_file())
+RTOL = 1e-5
+ATOL = 1e-6
+
+
+def serval_bin() -> Path:
+    return Path(os.environ.get("SERVAL_BIN", ROOT / "target" / "debug" / "serval"))
+
+
+def _load_goldens() -> dict:
+    goldens = {}
+    for model in MODELS:
+        with open(GOLDEN_DIR / f"{model}.json", encoding="utf-8") as f:
+            goldens[model] = json.load(f)
+    return goldens
+
+
+GOLDEN = _load_goldens()
+N_ROWS = {m: len(g["rows"]) for m, g in GOLDEN.items()}
+
+
+def features(model: str, rows=None) -> np.ndarray:
+    """The golden input rows (all when `rows` is None) as a float32 [N, F] array."""
+    g = GOLDEN[model]["rows"]
+    rows = range(len(g)) if rows is None else rows
+    return np.array([g[r]["features"] for r in rows], dtype=np.float32)
+
+
+def golden_keys(model: str, rows=None) -> list[str]:
+    g = GOLDEN[model]["rows"]
+    rows = range(len(g)) if rows is None else rows
+    return [g[r]["key"] for r in rows]
+
+
+def golden_outputs(model: str, signature: str | None = None) -> dict[str, list]:
+    """Output name -> per-row values of the default graph outputs or of a signature."""
+    g = GOLDEN[model]
+    if signature is None or signature == "serving_default":
+        return g["outputs"]
+    return g["signatures"][signature]
+
+
+def _as_text(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def assert_outputs_match(
+    model: str,
+    got: dict,
+    rows=None,
+    signature: str | None = None,
+    ignore=("key",),
+):
+    """`got` (name -> array-like, one row per instance) equals the goldens for `rows`."""
+    expected_all = golden_outputs(model, signature)
+    rows = list(range(N_ROWS[model])) if rows is None else list(rows)
+    names = {n for n in got if n not in ignore}
+    assert names == set(expected_all), f"{model}: outputs {sorted(names)} != golden {sorted(expected_all)}"
+    for name, values in expected_all.items():
+        expected = [values[r] for r in rows]
+        actual = got[name]
+        sample = np.asarray(expected, dtype=object).ravel()
+        if len(sample) and isinstance(sample[0], str):
+            flat = [_as_text(v) for v in np.asarray(actual, dtype=object).ravel()]
+            assert flat == expected, f"{model}.{name}: labels differ"
+        elif len(sample) and all(isinstance(v, int) for v in sample):
+            actual_arr = np.asarray(actual)
+            assert actual_arr.dtype.kind in "iu", f"{model}.{name}: dtype {actual_arr.dtype}"
+            np.testing.assert_array_equal(
+                actual_arr.reshape(np.shape(expected)), np.asarray(expected), err_msg=f"{model}.{name}"
+            )
+        else:
+            actual_arr = np.asarray(actual, dtype=np.float64)
+            expected_arr = np.asarray(expected, dtype=np.float64)
+            np.testing.assert_allclose(
+                actual_arr.reshape(expected_arr.shape),
+                expected_arr,
+                rtol=RTOL,
+                atol=ATOL,
+                err_msg=f"{model}.{name}",
+            )
+
+
+def texts(values) -> list[str]:
+    """Keys from any client (bytes, numpy bytes/object arrays, str) as a list of str."""
+    return [_as_text(v) for v in np.asarray(values, dtype=object).ravel()]
+
+
+def is_uuid7(text: str) -> bool:
+    try:
+        u = uuid.UUID(text)
+    except ValueError:
+        return False
+    return str(u) == text and u.version == 7 and u.variant == uuid.RFC_4122
+
+
+def assert_minted(keys: list[str], n: int):
+    assert len(keys) == n
+    bad = [k for k in keys if not is_uuid7(k)]
+    assert not bad, f"not UUIDv7: {bad}"
+    assert len(set(keys)) == n, "minted keys are not unique"
+
+
+def assert_error(response: requests.Response, status: int, *needles: str) -> str:
+    """The response is `status` with a JSON `{"error": "..."}` body naming every needle."""
+    assert response.status_code == status, (
+        f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    )
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+    for needle in needles:
+        assert needle.lower() in body["error"].lower(), f"{needle!r} not in error {body['error']!r}"
+    return body["error"]
+
+
+_LISTENING = re.compile(r"serval listening http=(\S+):(\d+) grpc=(\S+):(\d+)")
+
+
+class ServalServer:
+    """A `serval serve` child process on loopback with OS-assigned ports."""
+
+    def __init__(self, *extra_args: str, start_timeout: float = 60.0):
+        binary = serval_bin()
+        if not binary.is_file():
+            raise RuntimeError(
+                f"{binary} does not exist: run `cargo build -p serval-cli` or set SERVAL_BIN"
+            )
+        self.args = [
+            str(binary),
+            "serve",
+            str(REPO),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *extra_args,
+        ]
+        self.stderr = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        env.setdefault("SERVAL_LOG", "warn")
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            text=True,
+        )
+        self.stdout_lines: list[str] = []
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        try:
+            self._wait_started(start_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _read_stdout(self):
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
+            m = _LISTENING.search(line)
+            if m and not self._listening.is_set():
+                self.http_host, self.http_port = m.group(1), int(m.group(2))
+                self.grpc_host, self.grpc_port = m.group(3), int(m.group(4))
+                self._listening.set()
+
+    def _wait_started(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.1):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serval exited with {self.proc.returncode}:\n{self.stderr_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serval did not announce its ports in {timeout}s:\n{self.stderr_text()}")
+        assert self.http_host == "127.0.0.1" and self.grpc_host == "127.0.0.1", self.stdout_lines
+        while True:
+            try:
+                r = requests.get(f"{self.url}/v2/health/ready", timeout=2)
+                if r.status_code == 200 and r.json() == {"ready": True}:
+                    return
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serval exited with {self.proc.returncode}:\n{self.stderr_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serval not ready in {timeout}s:\n{self.stderr_text()}")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def stderr_text(self, limit: int = 4000) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode("utf-8", "replace")[-limit:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then the exit code within `timeout` (kills and raises if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"serval did not exit within {timeout}s of SIGTERM") from None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
