@@ -2,6 +2,7 @@
 //! `tritonclient.grpc` calls it: typed `contents` or `raw_input_contents` in, raw out.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serval_core::{DataType, Tensor, TensorData};
 use tonic::{Request, Response, Status};
@@ -121,6 +122,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        let deadline = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let served_model = self.inferencer.store().model(&r.model_name)?;
         let served = served_model.resolve(&VersionSelector::parse(Some(&r.model_version))?)?;
@@ -164,6 +166,20 @@ impl GrpcInferenceService for InferenceService {
                 inputs,
                 keys,
                 protocol: "v2_grpc",
+                timeout: match r
+                    .parameters
+                    .get("timeout")
+                    .and_then(|p| p.parameter_choice.clone())
+                {
+                    // Triton's schedule-policy extension: microseconds.
+                    Some(infer_parameter::ParameterChoice::Int64Param(us)) => {
+                        Some(Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+                    }
+                    Some(infer_parameter::ParameterChoice::Uint64Param(us)) => {
+                        Some(Duration::from_micros(us))
+                    }
+                    _ => deadline,
+                },
             })
             .await?;
         let mut outputs = response.outputs;
@@ -279,4 +295,20 @@ fn from_contents(
     };
     Tensor::new(shape, data)
         .map_err(|e| ServerError::BadRequest(format!("input '{}': {e}", input.name)))
+}
+
+/// The client's deadline from the standard `grpc-timeout` header (`<digits><unit>`).
+fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }

@@ -1,5 +1,5 @@
-//! The protocol-neutral request path: resolve the version, split off and mint keys, admit or
-//! shed, run on a blocking thread under a deadline, record metrics.
+//! The protocol-neutral request path: resolve the version, validate, mint keys, hand the request
+//! to the version's [`crate::batcher::Batcher`] under a deadline, record metrics.
 //!
 //! Every front end (TF Serving REST, OIP REST, OIP gRPC) decodes into [`InferRequest`] and
 //! encodes [`InferResponse`]; none of them batches, queues or runs models itself.
@@ -27,6 +27,8 @@ pub struct InferRequest {
     pub keys: Option<Vec<Option<String>>>,
     /// Protocol label for metrics (`tfserving`, `v2_rest`, `v2_grpc`).
     pub protocol: &'static str,
+    /// The client's own deadline, capped by the server's.
+    pub timeout: Option<Duration>,
 }
 
 /// The result of one request.
@@ -66,61 +68,42 @@ impl Inferencer {
         let started = Instant::now();
         let model_name = request.model.clone();
         let protocol = request.protocol;
-        let res = self.infer_inner(request, started).await;
-        let version = res
-            .as_ref()
-            .map(|r| r.version.to_string())
-            .unwrap_or_default();
+        let mut version = String::new();
+        let res = self.infer_inner(request, started, &mut version).await;
         let status = match &res {
             Ok(_) => 200,
             Err(e) => e.status().as_u16(),
         };
-        metrics::record_request(&model_name, &version, protocol, status, started.elapsed());
-        tracing::debug!(model = %model_name, version = %version, protocol, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+        let elapsed = started.elapsed();
+        metrics::record_request(&model_name, &version, protocol, status, elapsed);
+        tracing::debug!(model = %model_name, version = %version, protocol, status, elapsed_us = elapsed.as_micros() as u64, "request");
         res
     }
 
-    async fn infer_inner(&self, request: InferRequest, started: Instant) -> Result<InferResponse> {
+    async fn infer_inner(
+        &self,
+        request: InferRequest,
+        started: Instant,
+        version_label: &mut String,
+    ) -> Result<InferResponse> {
         let served_model = self.store.model(&request.model)?;
         let served = served_model.resolve(&request.version)?.clone();
-        let model_cfg = served.model.config();
-        let rows = request.inputs.first().map(|(_, t)| t.rows()).unwrap_or(0);
-        let keys = finish_keys(request.keys, rows, model_cfg.mint_keys)?;
-        // Admission: a full queue answers 429 now instead of piling up work (and memory).
-        let _admitted = served
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServerError::Overloaded(request.model.clone()))?;
-        let deadline = self.timeout;
         let version = served.model.version();
-        let run = async {
-            // Waiting here is cancelled if the client goes away: nothing is computed for it.
-            let _worker = served.workers.clone().acquire_owned().await.map_err(|_| {
-                ServerError::Unavailable(format!("model '{}' is shutting down", request.model))
-            })?;
-            let queued = started.elapsed();
-            let task_served = served.clone();
-            let signature = request.signature.clone();
-            let inputs = request.inputs;
-            let compute_started = Instant::now();
-            let outputs = tokio::task::spawn_blocking(move || {
-                run_split(&task_served, signature.as_deref(), inputs)
-            })
-            .await
-            .map_err(|e| ServerError::Unavailable(format!("inference task failed: {e}")))??;
-            metrics::record_stages(
-                &request.model,
-                version,
-                queued,
-                compute_started.elapsed(),
-                rows,
-            );
-            Ok::<_, ServerError>(outputs)
-        };
-        let outputs = tokio::time::timeout(deadline, run)
-            .await
-            .map_err(|_| ServerError::Timeout(deadline.as_millis() as u64))??;
+        *version_label = version.to_string();
+        let model_cfg = served.model.config();
+        // Validation runs here, per request, so one bad request can never fail a whole batch.
+        let valid = served
+            .model
+            .validate(request.signature.as_deref(), request.inputs)?;
+        let keys = finish_keys(request.keys, valid.rows(), model_cfg.mint_keys)?;
+        let timeout = request
+            .timeout
+            .map_or(self.timeout, |t| t.min(self.timeout));
+        let deadline = started + timeout;
+        let outputs =
+            tokio::time::timeout_at(deadline.into(), served.batcher.submit(valid, deadline))
+                .await
+                .map_err(|_| ServerError::Timeout(timeout.as_millis() as u64))??;
         Ok(InferResponse {
             model: request.model,
             version,
@@ -129,39 +112,6 @@ impl Inferencer {
             outputs,
         })
     }
-}
-
-/// Runs a request, splitting client batches larger than `max_batch_size` (never rejecting them).
-fn run_split(
-    served: &crate::store::ServedVersion,
-    signature: Option<&str>,
-    inputs: Vec<(String, Tensor)>,
-) -> Result<Vec<(String, Tensor)>> {
-    let model = &served.model;
-    let max = model.config().batching.max_batch_size;
-    let rows = inputs.first().map(|(_, t)| t.rows()).unwrap_or(0);
-    if !model.is_batchable() || rows <= max {
-        return Ok(model.predict(signature, inputs)?);
-    }
-    let mut parts: Vec<Vec<(String, Tensor)>> = Vec::new();
-    for start in (0..rows).step_by(max) {
-        let end = (start + max).min(rows);
-        let chunk = inputs
-            .iter()
-            .map(|(n, t)| (n.clone(), t.slice_rows(start, end)))
-            .collect();
-        parts.push(model.predict(signature, chunk)?);
-    }
-    let names: Vec<String> = parts[0].iter().map(|(n, _)| n.clone()).collect();
-    names
-        .into_iter()
-        .enumerate()
-        .map(|(ix, name)| {
-            let pieces: Vec<Tensor> = parts.iter().map(|p| p[ix].1.clone()).collect();
-            let joined = Tensor::concat_rows(&pieces).map_err(serval_core::Error::from)?;
-            Ok((name, joined))
-        })
-        .collect()
 }
 
 /// Keeps client keys untouched and mints a UUIDv7 for every instance without one.

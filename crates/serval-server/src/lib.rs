@@ -12,6 +12,7 @@ use std::time::Duration;
 use serval_core::ModelRepository;
 use tokio::net::TcpListener;
 
+pub mod batcher;
 pub mod codec;
 pub mod error;
 pub mod grpc;

@@ -56,20 +56,22 @@ pub fn record_request(
     }
 }
 
-/// Observes how long a request queued, how long the engine ran and how many instances it held.
-pub fn record_stages(
-    model: &str,
-    version: u64,
-    queued: Duration,
-    compute: Duration,
-    instances: usize,
-) {
+/// Observes how long a queued request waited for a worker.
+pub fn record_queue(model: &str, version: u64, queued: Duration) {
     let labels = [
         ("model", model.to_owned()),
         ("version", version.to_string()),
     ];
     metrics::histogram!(format!("{PREFIX}_queue_duration_seconds"), &labels)
         .record(queued.as_secs_f64());
+}
+
+/// Observes one engine run: its duration and how many instances it held.
+pub fn record_batch(model: &str, version: u64, compute: Duration, instances: usize) {
+    let labels = [
+        ("model", model.to_owned()),
+        ("version", version.to_string()),
+    ];
     metrics::histogram!(format!("{PREFIX}_compute_duration_seconds"), &labels)
         .record(compute.as_secs_f64());
     metrics::histogram!(format!("{PREFIX}_batch_instances"), &labels).record(instances as f64);

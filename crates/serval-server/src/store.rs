@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serval_core::{Model, ModelConfig, ModelRepository};
-use tokio::sync::Semaphore;
 
+use crate::batcher::Batcher;
 use crate::error::{Result, ServerError};
 
 /// How a request names a version.
@@ -36,14 +36,14 @@ impl VersionSelector {
     }
 }
 
-/// One loaded version plus its admission control.
+/// One loaded version with its queue and engine threads.
 pub struct ServedVersion {
     /// The loaded model.
-    pub model: Model,
-    /// Requests admitted (queued or running); `try_acquire` failing means 429.
-    pub admission: Arc<Semaphore>,
-    /// Engine runs in flight, at most the configured instances.
-    pub workers: Arc<Semaphore>,
+    pub model: Arc<Model>,
+    /// Its dynamic batcher.
+    pub batcher: Batcher,
+    /// Growth of the process's resident memory while this version loaded (its footprint).
+    pub rss_bytes_at_load: u64,
 }
 
 /// Every served version of one model.
@@ -151,22 +151,29 @@ impl ModelStore {
 fn load_model(repository: &ModelRepository, name: &str) -> serval_core::Result<ServedModel> {
     let config = repository.config(name)?;
     let mut versions = BTreeMap::new();
-    for model in repository.load_served(name)? {
-        let instances = model
+    for version in repository.served_versions(name, &config)? {
+        let rss_before = resident_bytes();
+        let model = Arc::new(repository.load(name, Some(version))?);
+        let rss_bytes_at_load = resident_bytes().saturating_sub(rss_before);
+        let workers = model
             .config()
             .instances
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let admission = Arc::new(Semaphore::new(
-            model.config().batching.max_queue_size + instances,
-        ));
-        let workers = Arc::new(Semaphore::new(instances));
-        tracing::info!(model = %name, version = model.version(), backend = model.backend_choice().kind.as_str(), "loaded");
+        let batcher = Batcher::start(model.clone(), workers);
+        tracing::info!(
+            model = %name,
+            version,
+            backend = model.backend_choice().kind.as_str(),
+            workers,
+            rss_kib = rss_bytes_at_load / 1024,
+            "loaded"
+        );
         versions.insert(
-            model.version(),
+            version,
             Arc::new(ServedVersion {
                 model,
-                admission,
-                workers,
+                batcher,
+                rss_bytes_at_load,
             }),
         );
     }
@@ -175,4 +182,17 @@ fn load_model(repository: &ModelRepository, name: &str) -> serval_core::Result<S
         config,
         versions,
     })
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    pages * 4096
 }

@@ -139,3 +139,23 @@ pub(crate) fn check_instances(rows: usize, limits: &Limits) -> Result<()> {
     }
     Ok(())
 }
+
+/// Header carrying a client's deadline in milliseconds (capped by the server's own).
+pub const TIMEOUT_HEADER: &str = "serval-timeout-ms";
+
+/// The client's deadline from [`TIMEOUT_HEADER`], if sent.
+pub(crate) fn header_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>> {
+    match headers.get(TIMEOUT_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| Some(std::time::Duration::from_millis(ms)))
+            .ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+                ))
+            }),
+    }
+}

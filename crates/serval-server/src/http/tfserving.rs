@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serval_core::instances::{KeyedPredictions, TensorView, decode_instances};
 
-use super::{AppState, check_instances, json_ok, parse_json, read_body};
+use super::{AppState, check_instances, header_timeout, json_ok, parse_json, read_body};
 use crate::error::{Result, ServerError};
 use crate::infer::InferRequest;
 use crate::store::{ServedModel, VersionSelector};
@@ -160,6 +160,7 @@ async fn post_model(
             inputs: decoded.inputs,
             keys: has_client_keys.then_some(decoded.keys),
             protocol: "tfserving",
+            timeout: header_timeout(&headers)?,
         })
         .await?;
     let n = instances.len();

@@ -1,6 +1,8 @@
 //! The Open Inference Protocol v2 REST API (Triton, KServe, MLServer), with Triton's binary
 //! tensor extension: health, server and model metadata, model config, and `infer`.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,7 +14,9 @@ use serde_json::{Map, Value, json};
 use serval_core::instances::FlatView;
 use serval_core::{Tensor, TensorSpec};
 
-use super::{AppState, check_instances, json_bytes, json_ok, parse_json, read_body};
+use super::{
+    AppState, check_instances, header_timeout, json_bytes, json_ok, parse_json, read_body,
+};
 use crate::codec;
 use crate::error::{Result, ServerError};
 use crate::infer::{InferRequest, take_key_tensor};
@@ -342,6 +346,15 @@ async fn run_infer(
             inputs,
             keys,
             protocol: "v2_rest",
+            timeout: match request.parameters.get("timeout") {
+                // Triton's schedule-policy extension: the timeout parameter is in microseconds.
+                Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
+                    ServerError::BadRequest(
+                        "parameter 'timeout' must be a non-negative integer (microseconds)".into(),
+                    )
+                })?)),
+                None => header_timeout(&headers)?,
+            },
         })
         .await?;
     let key_tensor = match response.keys {

@@ -1,0 +1,392 @@
+//! Per-version dynamic batching: a bounded queue drained by dedicated engine threads.
+//!
+//! Requests are admitted or refused at once (429) by count and by bytes, so memory stays bounded
+//! under any load. Each worker thread takes the oldest request plus every compatible request
+//! behind it up to `max_batch_size` instances (TEI-style: no waiting unless
+//! `max_queue_delay_us` asks for it), runs the engine once, and scatters the rows back.
+//! Requests whose client left, or whose deadline passed, are dropped before compute.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serval_core::config::BatchingConfig;
+use serval_core::{Model, Tensor, ValidInputs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::{Result, ServerError};
+use crate::metrics;
+
+/// Outputs for one queued part of a request.
+type Reply = Result<Vec<(String, Tensor)>>;
+
+/// A handle to one model version's queue and workers; dropping it lets the workers finish the
+/// queue and exit.
+pub struct Batcher {
+    queue: Arc<Queue>,
+    admitted: Arc<Semaphore>,
+    admitted_kib: Arc<Semaphore>,
+}
+
+/// Cumulative counters, Triton `statistics`-style.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests (parts) answered successfully.
+    pub success: AtomicU64,
+    /// Requests (parts) that failed in the engine or timed out in the queue.
+    pub failure: AtomicU64,
+    /// Instances computed.
+    pub inferences: AtomicU64,
+    /// Engine runs (batches).
+    pub executions: AtomicU64,
+    /// Total nanoseconds requests waited in the queue.
+    pub queue_ns: AtomicU64,
+    /// Total nanoseconds of engine runs.
+    pub compute_ns: AtomicU64,
+}
+
+struct Queue {
+    model: Arc<Model>,
+    cfg: BatchingConfig,
+    state: Mutex<QueueState>,
+    arrived: Condvar,
+    stats: Stats,
+}
+
+struct QueueState {
+    entries: VecDeque<Entry>,
+    closed: bool,
+}
+
+/// One admitted part of a request, waiting for a worker.
+struct Entry {
+    inputs: ValidInputs,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply>,
+    /// Released when the entry is answered or dropped, freeing queue capacity.
+    _admission: Arc<Admission>,
+}
+
+struct Admission {
+    _count: OwnedSemaphorePermit,
+    _kib: OwnedSemaphorePermit,
+}
+
+impl Batcher {
+    /// Starts `workers` engine threads for `model`.
+    pub fn start(model: Arc<Model>, workers: usize) -> Batcher {
+        let cfg = model.config().batching.clone();
+        let admitted = Arc::new(Semaphore::new(cfg.max_queue_size.max(1) + workers));
+        let kib = (cfg.max_queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+        let admitted_kib = Arc::new(Semaphore::new(kib));
+        let queue = Arc::new(Queue {
+            model,
+            cfg,
+            state: Mutex::new(QueueState {
+                entries: VecDeque::new(),
+                closed: false,
+            }),
+            arrived: Condvar::new(),
+            stats: Stats::default(),
+        });
+        for ix in 0..workers.max(1) {
+            let queue = queue.clone();
+            let name = format!(
+                "serval-{}-v{}-{ix}",
+                queue.model.name(),
+                queue.model.version()
+            );
+            // A worker that cannot start is a worker less; the others still serve.
+            if let Err(e) = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || queue.work())
+            {
+                tracing::error!(error = %e, "cannot start engine worker thread");
+            }
+        }
+        Batcher {
+            queue,
+            admitted,
+            admitted_kib,
+        }
+    }
+
+    /// Cumulative statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.queue.stats
+    }
+
+    /// Requests currently waiting.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().entries.len()
+    }
+
+    /// Admits a validated request and waits for its outputs. Oversize requests are split into
+    /// parts of at most `max_batch_size` instances; a full queue is an immediate `Overloaded`.
+    pub async fn submit(
+        &self,
+        inputs: ValidInputs,
+        deadline: Instant,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let overloaded = || ServerError::Overloaded(self.queue.model.name().to_owned());
+        let kib =
+            u32::try_from(inputs.byte_size().div_ceil(1024).max(1)).map_err(|_| overloaded())?;
+        let admission = Arc::new(Admission {
+            _count: self
+                .admitted
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| overloaded())?,
+            _kib: self
+                .admitted_kib
+                .clone()
+                .try_acquire_many_owned(kib)
+                .map_err(|_| overloaded())?,
+        });
+        let rows = inputs.rows();
+        let max = if self.queue.model.is_batchable() {
+            self.queue.cfg.max_batch_size
+        } else {
+            rows.max(1)
+        };
+        let parts: Vec<ValidInputs> = if rows <= max {
+            vec![inputs]
+        } else {
+            (0..rows)
+                .step_by(max)
+                .map(|start| inputs.slice_rows(start, (start + max).min(rows)))
+                .collect()
+        };
+        let now = Instant::now();
+        let mut replies = Vec::with_capacity(parts.len());
+        {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return Err(ServerError::Unavailable(format!(
+                    "model '{}' is unloading",
+                    self.queue.model.name()
+                )));
+            }
+            for part in parts {
+                let (tx, rx) = oneshot::channel();
+                state.entries.push_back(Entry {
+                    inputs: part,
+                    enqueued: now,
+                    deadline,
+                    reply: tx,
+                    _admission: admission.clone(),
+                });
+                replies.push(rx);
+            }
+        }
+        self.queue.arrived.notify_all();
+        drop(admission);
+        let mut pieces = Vec::with_capacity(replies.len());
+        for rx in replies {
+            // A dropped sender means the worker dropped the entry (deadline) without replying.
+            let reply = rx.await.map_err(|_| {
+                ServerError::Timeout(deadline.saturating_duration_since(now).as_millis() as u64)
+            })?;
+            pieces.push(reply?);
+        }
+        join_parts(pieces)
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.arrived.notify_all();
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Entries are pushed and popped whole; a panic elsewhere cannot leave them half-written.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn work(&self) {
+        while let Some(batch) = self.next_batch() {
+            self.run(batch);
+        }
+    }
+
+    /// Blocks until a batch is ready; `None` once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Entry>> {
+        let mut state = self.lock();
+        let delay = Duration::from_micros(self.cfg.max_queue_delay_us);
+        loop {
+            self.drop_abandoned(&mut state.entries);
+            if let Some(oldest) = state.entries.front() {
+                let waited = oldest.enqueued.elapsed();
+                let rows = compatible_rows(&state.entries, self.cfg.max_batch_size);
+                let full = rows >= self.cfg.max_batch_size
+                    || self.cfg.preferred_batch_sizes.contains(&rows);
+                if full || waited >= delay || state.closed {
+                    return Some(take_batch(&mut state.entries, &self.cfg));
+                }
+                let (next, _) = self
+                    .arrived
+                    .wait_timeout(state, delay - waited)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state = next;
+            } else if state.closed {
+                return None;
+            } else {
+                state = self
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    /// Removes entries nobody waits for (client gone) or whose deadline passed.
+    fn drop_abandoned(&self, entries: &mut VecDeque<Entry>) {
+        let now = Instant::now();
+        entries.retain(|e| {
+            if e.reply.is_closed() {
+                return false;
+            }
+            if e.deadline <= now {
+                self.stats.failure.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            true
+        });
+    }
+
+    fn run(&self, batch: Vec<Entry>) {
+        let started = Instant::now();
+        let model = &self.model;
+        for entry in &batch {
+            let queued = started.duration_since(entry.enqueued);
+            self.stats
+                .queue_ns
+                .fetch_add(queued.as_nanos() as u64, Ordering::Relaxed);
+            metrics::record_queue(model.name(), model.version(), queued);
+        }
+        let sizes: Vec<usize> = batch.iter().map(|e| e.inputs.rows()).collect();
+        let total: usize = sizes.iter().sum();
+        let res = if batch.len() == 1 {
+            model.run(batch[0].inputs.clone())
+        } else {
+            let parts: Vec<ValidInputs> = batch.iter().map(|e| e.inputs.clone()).collect();
+            ValidInputs::concat(&parts)
+                .map_err(serval_core::Error::from)
+                .and_then(|all| model.run(all))
+        };
+        let compute = started.elapsed();
+        self.stats.executions.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .inferences
+            .fetch_add(total as u64, Ordering::Relaxed);
+        self.stats
+            .compute_ns
+            .fetch_add(compute.as_nanos() as u64, Ordering::Relaxed);
+        metrics::record_batch(model.name(), model.version(), compute, total);
+        match res {
+            Ok(outputs) => {
+                let mut offset = 0;
+                for (entry, rows) in batch.into_iter().zip(sizes) {
+                    let mine = outputs
+                        .iter()
+                        .map(|(n, t)| (n.clone(), t.slice_rows(offset, offset + rows)))
+                        .collect();
+                    offset += rows;
+                    self.stats.success.fetch_add(1, Ordering::Relaxed);
+                    let _ = entry.reply.send(Ok(mine));
+                }
+            }
+            Err(err) => {
+                for entry in batch {
+                    self.stats.failure.fetch_add(1, Ordering::Relaxed);
+                    let _ = entry.reply.send(Err(err.clone().into()));
+                }
+            }
+        }
+    }
+}
+
+/// Instances the next batch would hold (the oldest entry plus compatible ones, up to `max`).
+fn compatible_rows(entries: &VecDeque<Entry>, max: usize) -> usize {
+    let Some(first) = entries.front() else {
+        return 0;
+    };
+    let mut rows = 0;
+    for e in entries
+        .iter()
+        .filter(|e| e.inputs.can_batch_with(&first.inputs))
+    {
+        if rows + e.inputs.rows() > max {
+            break;
+        }
+        rows += e.inputs.rows();
+    }
+    rows.max(first.inputs.rows())
+}
+
+/// Takes the oldest entry and every compatible entry that fits, in arrival order. With preferred
+/// sizes configured, cuts at the largest preferred size the prefix reaches.
+fn take_batch(entries: &mut VecDeque<Entry>, cfg: &BatchingConfig) -> Vec<Entry> {
+    let Some(first) = entries.pop_front() else {
+        return Vec::new();
+    };
+    let mut rows = first.inputs.rows();
+    let mut batch = vec![first];
+    let mut ix = 0;
+    while ix < entries.len() && rows < cfg.max_batch_size {
+        let e = &entries[ix];
+        if e.inputs.can_batch_with(&batch[0].inputs) && rows + e.inputs.rows() <= cfg.max_batch_size
+        {
+            rows += e.inputs.rows();
+            batch.push(
+                entries
+                    .remove(ix)
+                    .expect("index is in bounds. This is a bug."),
+            );
+        } else {
+            ix += 1;
+        }
+    }
+    if !cfg.preferred_batch_sizes.is_empty() && !cfg.preferred_batch_sizes.contains(&rows) {
+        // Give back the newest entries until a preferred size is reached (if one can be).
+        let mut prefix = 0;
+        let cut = batch
+            .iter()
+            .map(|e| {
+                prefix += e.inputs.rows();
+                prefix
+            })
+            .enumerate()
+            .filter(|(_, p)| cfg.preferred_batch_sizes.contains(p))
+            .map(|(i, _)| i + 1)
+            .last();
+        if let Some(cut) = cut {
+            for e in batch.drain(cut..).rev() {
+                entries.push_front(e);
+            }
+        }
+    }
+    batch
+}
+
+/// Joins the outputs of a split request back together, in order.
+fn join_parts(mut pieces: Vec<Vec<(String, Tensor)>>) -> Result<Vec<(String, Tensor)>> {
+    if pieces.len() == 1 {
+        return Ok(pieces.swap_remove(0));
+    }
+    let names: Vec<String> = pieces[0].iter().map(|(n, _)| n.clone()).collect();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(ix, name)| {
+            let column: Vec<Tensor> = pieces.iter().map(|p| p[ix].1.clone()).collect();
+            let joined = Tensor::concat_rows(&column).map_err(serval_core::Error::from)?;
+            Ok((name, joined))
+        })
+        .collect()
+}
