@@ -143,7 +143,7 @@ _LISTENING = re.compile(r"serval listening http=(\S+):(\d+) grpc=(\S+):(\d+)")
 class ServalServer:
     """A `serval serve` child process on loopback with OS-assigned ports."""
 
-    def __init__(self, *extra_args: str, start_timeout: float = 60.0):
+    def __init__(self, *extra_args: str, repo: Path = REPO, start_timeout: float = 60.0):
         binary = serval_bin()
         if not binary.is_file():
             raise RuntimeError(
@@ -152,7 +152,7 @@ class ServalServer:
         self.args = [
             str(binary),
             "serve",
-            str(REPO),
+            str(repo),
             "--host",
             "127.0.0.1",
             "--http-port",

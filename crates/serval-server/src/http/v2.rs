@@ -48,6 +48,12 @@ pub(super) fn routes() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/config",
             get(model_config_versioned),
         )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_versioned),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
@@ -57,7 +63,12 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// What `GET /v2` answers (shared with gRPC `ServerMetadata`).
 pub fn server_extensions() -> Vec<&'static str> {
-    vec!["binary_tensor_data", "model_configuration"]
+    vec![
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+        "schedule_policy",
+    ]
 }
 
 async fn server_metadata() -> Response {
@@ -150,6 +161,55 @@ async fn model_config_versioned(
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response> {
     config(&state, &model, Some(&version))
+}
+
+async fn all_stats(State(state): State<AppState>) -> Result<Response> {
+    let stats: Vec<Value> = state
+        .inferencer
+        .store()
+        .models()
+        .flat_map(|m| m.versions.values().map(|v| version_stats(&m.name, v)))
+        .collect();
+    json_ok(&json!({ "model_stats": stats }))
+}
+
+async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response> {
+    let served_model = state.inferencer.store().model(&model)?;
+    let stats: Vec<Value> = served_model
+        .versions
+        .values()
+        .map(|v| version_stats(&model, v))
+        .collect();
+    json_ok(&json!({ "model_stats": stats }))
+}
+
+async fn model_stats_versioned(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response> {
+    let served = resolve(&state, &model, Some(&version))?;
+    json_ok(&json!({ "model_stats": [version_stats(&model, served)] }))
+}
+
+/// Triton's statistics extension for one version, plus its memory footprint and queue depth.
+fn version_stats(model: &str, served: &crate::store::ServedVersion) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = served.batcher.stats();
+    let success = s.success.load(Relaxed);
+    json!({
+        "name": model,
+        "version": served.model.version().to_string(),
+        "inference_count": s.inferences.load(Relaxed),
+        "execution_count": s.executions.load(Relaxed),
+        "inference_stats": {
+            "success": {"count": success},
+            "fail": {"count": s.failure.load(Relaxed)},
+            "queue": {"count": success, "ns": s.queue_ns.load(Relaxed)},
+            "compute_infer": {"count": s.executions.load(Relaxed), "ns": s.compute_ns.load(Relaxed)},
+        },
+        "queue_size": served.batcher.queued(),
+        "memory": {"rss_bytes_at_load": served.rss_bytes_at_load, "process_rss_bytes": crate::store::resident_bytes()},
+    })
 }
 
 /// A minimal Triton model configuration, enough for perf_analyzer to drive the model.

@@ -1,0 +1,110 @@
+"""Overload and deadlines against a real server: a full queue is a fast 429 with Retry-After,
+a request past its deadline is a 504, neither disturbs the server, and /stats counts them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+import requests
+
+from support import REPO, ServalServer
+
+# The worker waits up to 3 s for a full batch of 1000, so admitted requests sit in the queue.
+SLOW_QUEUE_CONFIG = """
+[batching]
+max_batch_size = 1000
+max_queue_delay_us = 3000000
+max_queue_size = 1
+"""
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copytree(REPO / "iris_lr", repo / "iris_lr")
+    (repo / "iris_lr" / "config.toml").write_text(SLOW_QUEUE_CONFIG)
+    server = ServalServer(repo=repo)
+    yield server
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
+def infer_body(key: str) -> dict:
+    return {
+        "inputs": [
+            {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW},
+            {"name": "key", "shape": [1], "datatype": "BYTES", "data": [key]},
+        ]
+    }
+
+
+def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(slow_server):
+    url = f"{slow_server.url}/v2/models/iris_lr/infer"
+    # Capacity is max_queue_size + one engine thread per core; fill it from background threads.
+    capacity = 1 + (os.cpu_count() or 1)
+    results: dict[int, requests.Response] = {}
+
+    def send(i: int) -> None:
+        results[i] = requests.post(url, json=infer_body(f"admitted-{i}"), timeout=30)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(capacity)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        stats = requests.get(f"{slow_server.url}/v2/models/iris_lr/stats", timeout=5).json()
+        if stats["model_stats"][0]["queue_size"] >= capacity:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"queue never filled: {stats}")
+
+    started = time.monotonic()
+    refused = requests.post(url, json=infer_body("refused"), timeout=30)
+    refusal_seconds = time.monotonic() - started
+    assert refused.status_code == 429, refused.text
+    assert refused.headers.get("Retry-After") == "1"
+    assert "overloaded" in refused.json()["error"]
+    assert refusal_seconds < 1.0, f"refusal took {refusal_seconds:.2f}s: it must not wait for the queue"
+
+    for t in threads:
+        t.join(timeout=30)
+    for i, res in results.items():
+        assert res.status_code == 200, res.text
+        keys = next(o for o in res.json()["outputs"] if o["name"] == "key")["data"]
+        assert keys == [f"admitted-{i}"]
+
+
+def test_request_past_its_deadline_is_504_and_not_computed(slow_server):
+    url = f"{slow_server.url}/v2/models/iris_lr/infer"
+    before = requests.get(f"{slow_server.url}/v2/models/iris_lr/stats", timeout=5).json()["model_stats"][0]
+    res = requests.post(url, json=infer_body("late"), headers={"serval-timeout-ms": "100"}, timeout=30)
+    assert res.status_code == 504, res.text
+    assert "timed out" in res.json()["error"]
+    # Triton's `timeout` parameter (microseconds) works the same way.
+    body = infer_body("late-param")
+    body["parameters"] = {"timeout": 100_000}
+    res = requests.post(url, json=body, timeout=30)
+    assert res.status_code == 504, res.text
+    # Once the worker wakes, it drops both without computing them.
+    time.sleep(3.5)
+    after = requests.get(f"{slow_server.url}/v2/models/iris_lr/stats", timeout=5).json()["model_stats"][0]
+    assert after["inference_count"] == before["inference_count"], (before, after)
+    ok = requests.post(url, json=infer_body("fine"), timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def test_bad_timeout_header_is_400(slow_server):
+    res = requests.post(
+        f"{slow_server.url}/v2/models/iris_lr/infer",
+        json=infer_body("x"),
+        headers={"serval-timeout-ms": "soon"},
+        timeout=30,
+    )
+    assert res.status_code == 400
+    assert "serval-timeout-ms" in res.json()["error"]
