@@ -36,10 +36,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     }
     if args.json {
         let described: Vec<_> = models.iter().map(describe).collect();
-        println!("{}", serde_json::to_string_pretty(&described)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&described)?))?;
     } else {
         for model in &models {
-            print_text(model);
+            emit(&describe_text(model))?;
         }
     }
     Ok(())
@@ -71,19 +71,36 @@ fn spec_json(spec: &TensorSpec) -> serde_json::Value {
     json!({"name": spec.name, "datatype": spec.data_type, "shape": spec.shape_i64()})
 }
 
-fn print_text(model: &Model) {
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        res => Ok(res?),
+    }
+}
+
+fn describe_text(model: &Model) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let cfg = model.config();
     let choice = model.backend_choice();
-    println!(
+    let _ = writeln!(
+        out,
         "model '{}' version {} ({})",
         model.name(),
         model.version(),
         model.path().display()
     );
-    println!("  backend: {} ({})", choice.kind.as_str(), choice.reason);
-    println!("  key field: {}", cfg.key);
+    let _ = writeln!(
+        out,
+        "  backend: {} ({})",
+        choice.kind.as_str(),
+        choice.reason
+    );
+    let _ = writeln!(out, "  key field: {}", cfg.key);
     if !cfg.class_labels.is_empty() {
-        println!("  class labels: {}", cfg.class_labels.join(", "));
+        let _ = writeln!(out, "  class labels: {}", cfg.class_labels.join(", "));
     }
     if !cfg.versions.labels.is_empty() {
         let labels: Vec<String> = cfg
@@ -92,22 +109,24 @@ fn print_text(model: &Model) {
             .iter()
             .map(|(l, v)| format!("{l}={v}"))
             .collect();
-        println!("  version labels: {}", labels.join(", "));
+        let _ = writeln!(out, "  version labels: {}", labels.join(", "));
     }
     for signature in model.signatures() {
-        println!("  signature_def['{}']:", signature.name);
-        println!("    inputs:");
+        let _ = writeln!(out, "  signature_def['{}']:", signature.name);
+        let _ = writeln!(out, "    inputs:");
         for spec in &signature.inputs {
-            println!(
+            let _ = writeln!(
+                out,
                 "      {}: {} {:?}",
                 spec.name,
                 spec.data_type.tf_name(),
                 spec.shape_i64()
             );
         }
-        println!("    outputs:");
+        let _ = writeln!(out, "    outputs:");
         for spec in &signature.outputs {
-            println!(
+            let _ = writeln!(
+                out,
                 "      {}: {} {:?}",
                 spec.name,
                 spec.data_type.tf_name(),
@@ -115,10 +134,12 @@ fn print_text(model: &Model) {
             );
         }
         for step in &signature.postprocess {
-            println!(
+            let _ = writeln!(
+                out,
                 "    postprocess: {}",
                 serde_json::to_string(step).unwrap_or_default()
             );
         }
     }
+    out
 }
