@@ -126,7 +126,8 @@ V2_CASES = [
     ("unknown-signature", _v2_json(GOOD, parameters={"signature_name": "nope"}), {}, "", 404, ["nope"]),
     ("unknown-model", _v2_json(GOOD), {}, "model:no_such_model", 404, ["no_such_model"]),
     ("unknown-version", _v2_json(GOOD), {}, "version:7", 404, ["7"]),
-    ("bad-version", _v2_json(GOOD), {}, "version:abc", 400, ["abc"]),
+    ("bad-version", _v2_json(GOOD), {}, "version:a.b", 400, ["a.b"]),
+    ("unknown-version-label", _v2_json(GOOD), {}, "version:abc", 404, ["abc"]),
     ("zero-version", _v2_json(GOOD), {}, "version:0", 400, ["'0'"]),
 ]
 
@@ -348,7 +349,8 @@ GRPC_CASES = [
     ("unknown-signature", _unknown_signature, NOT_FOUND, ["nope"]),
     ("unknown-model", lambda: _grpc_request(_x(), model="no_such_model"), NOT_FOUND, ["no_such_model"]),
     ("unknown-version", lambda: _grpc_request(_x(), version="7"), NOT_FOUND, ["7"]),
-    ("bad-version", lambda: _grpc_request(_x(), version="abc"), INVALID, ["abc"]),
+    ("bad-version", lambda: _grpc_request(_x(), version="a.b"), INVALID, ["a.b"]),
+    ("unknown-version-label", lambda: _grpc_request(_x(), version="abc"), NOT_FOUND, ["abc"]),
 ]
 
 
@@ -371,7 +373,7 @@ def test_grpc_metadata_errors(grpc_stub):
             call(req, timeout=10)
         assert err.value.code() == NOT_FOUND, err.value.details()
     with pytest.raises(grpc.RpcError) as err:
-        grpc_stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=MODEL, version="abc"), timeout=10)
+        grpc_stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=MODEL, version="a.b"), timeout=10)
     assert err.value.code() == INVALID
     ready = grpc_stub.ModelReady(service_pb2.ModelReadyRequest(name="no_such_model"), timeout=10)
     assert not ready.ready

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serval_core::{ModelRepository, RepositoryOptions};
 
 mod inspect;
+mod models;
 mod predict;
 mod serve;
 
@@ -24,6 +25,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Predict JSON Lines or CSV instances in-process (the prediction-library mode).
     Predict(predict::PredictArgs),
+    /// List, load or unload models on a running server (Triton's repository API).
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
     Inspect(inspect::InspectArgs),
 }
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Models(command) => models::run(command),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Most instances in one request (413 beyond).
     #[arg(long, env = "SERVAL_MAX_INSTANCES", default_value_t = 100_000)]
     max_instances: usize,
+    /// Seconds between repository re-scans (file notifications also trigger one); 0 never reloads.
+    #[arg(long, env = "SERVAL_POLL_INTERVAL_SECS", default_value_t = 2.0)]
+    poll_interval_secs: f64,
     /// Per-request deadline in milliseconds, queueing included (504 beyond).
     #[arg(long, env = "SERVAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
@@ -56,6 +59,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_instances: args.max_instances,
         },
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        poll_interval: (args.poll_interval_secs > 0.0)
+            .then(|| Duration::try_from_secs_f64(args.poll_interval_secs))
+            .transpose()
+            .map_err(|_| {
+                anyhow::anyhow!("--poll-interval-secs must be a finite number of seconds")
+            })?,
     };
     let repository = args.repository.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

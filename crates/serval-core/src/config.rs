@@ -208,6 +208,21 @@ pub struct VersionConfig {
     pub labels: BTreeMap<String, u64>,
     /// Version answering requests that name none; the highest loaded when absent.
     pub default: Option<u64>,
+    /// Send a share of the requests that name no version to a canary version.
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A traffic split between the default version and a canary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The canary version.
+    pub version: u64,
+    /// Percentage (0-100) of requests naming no version that go to the canary.
+    pub percent: f64,
+    /// Route by a hash of the (first) instance key, so a key always gets the same version.
+    #[serde(default)]
+    pub sticky: bool,
 }
 
 /// Version policy, as in TF Serving.
@@ -273,6 +288,14 @@ impl ModelConfig {
         }
         if let VersionPolicy::Latest(0) = self.versions.policy {
             return Err("`versions.policy = { latest = 0 }` would serve nothing".to_owned());
+        }
+        if let Some(canary) = &self.versions.canary
+            && !(0.0..=100.0).contains(&canary.percent)
+        {
+            return Err(format!(
+                "`versions.canary.percent` must be within 0-100, got {}",
+                canary.percent
+            ));
         }
         if self.instances == Some(0) {
             return Err("`instances` must be at least 1".to_owned());

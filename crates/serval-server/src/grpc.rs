@@ -125,8 +125,8 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let served_model = self.inferencer.store().model(&r.model_name)?;
-        let served = served_model.resolve(&VersionSelector::parse(Some(&r.model_version))?)?;
-        let key_name = served.model.config().key.clone();
+        let selector = VersionSelector::parse(Some(&r.model_version))?;
+        let key_name = served_model.config.key.clone();
         let use_raw = !r.raw_input_contents.is_empty();
         if use_raw && r.raw_input_contents.len() != r.inputs.len() {
             return Err(ServerError::BadRequest(format!(
@@ -161,7 +161,7 @@ impl GrpcInferenceService for InferenceService {
             .inferencer
             .infer(InferRequest {
                 model: r.model_name.clone(),
-                version: VersionSelector::Number(served.model.version()),
+                version: selector,
                 signature,
                 inputs,
                 keys,

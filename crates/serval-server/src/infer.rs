@@ -63,6 +63,11 @@ impl Inferencer {
         &self.store
     }
 
+    /// A shared handle to the loaded models, for work moved off the async threads.
+    pub fn store_handle(&self) -> Arc<ModelStore> {
+        self.store.clone()
+    }
+
     /// Runs one request end to end, recording metrics whatever the outcome.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
@@ -87,7 +92,12 @@ impl Inferencer {
         version_label: &mut String,
     ) -> Result<InferResponse> {
         let served_model = self.store.model(&request.model)?;
-        let served = served_model.resolve(&request.version)?.clone();
+        let routing_key = request
+            .keys
+            .as_ref()
+            .and_then(|keys| keys.iter().flatten().next())
+            .map(String::as_str);
+        let served = served_model.route(&request.version, routing_key)?;
         let version = served.model.version();
         *version_label = version.to_string();
         let model_cfg = served.model.config();

@@ -20,6 +20,7 @@ pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod store;
+pub mod watch;
 
 /// Where and how to serve.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub limits: http::Limits,
     /// Deadline for one request (queueing plus compute).
     pub request_timeout: Duration,
+    /// How often to re-scan the repository (besides file notifications); `None` never reloads.
+    pub poll_interval: Option<Duration>,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -42,9 +45,9 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(store::ModelStore::load(repository)?);
+    let store = Arc::new(store::ModelStore::load(repository.clone())?);
     let handle = metrics::install().map_err(ServeError::Metrics)?;
-    let inferencer = infer::Inferencer::new(store, config.request_timeout);
+    let inferencer = infer::Inferencer::new(store.clone(), config.request_timeout);
     let state = http::AppState {
         inferencer: inferencer.clone(),
         limits: config.limits,
@@ -70,6 +73,9 @@ pub async fn serve(
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
+    if let Some(poll) = config.poll_interval {
+        tokio::spawn(watch::run(store, poll, stop_rx.clone()));
+    }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&stop| stop).await;
     };

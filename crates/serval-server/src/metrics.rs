@@ -76,3 +76,12 @@ pub fn record_batch(model: &str, version: u64, compute: Duration, instances: usi
         .record(compute.as_secs_f64());
     metrics::histogram!(format!("{PREFIX}_batch_instances"), &labels).record(instances as f64);
 }
+
+/// Counts a version that failed to load or warm up (it does not serve).
+pub fn record_load_failure(model: &str, version: u64) {
+    let labels = [
+        ("model", model.to_owned()),
+        ("version", version.to_string()),
+    ];
+    metrics::counter!(format!("{PREFIX}_model_load_failures_total"), &labels).increment(1);
+}

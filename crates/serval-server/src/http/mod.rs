@@ -140,6 +140,9 @@ pub(crate) fn check_instances(rows: usize, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// Response header naming the version that answered (TF Serving's body has no place for it).
+pub const VERSION_HEADER: &str = "serval-model-version";
+
 /// Header carrying a client's deadline in milliseconds (capped by the server's own).
 pub const TIMEOUT_HEADER: &str = "serval-timeout-ms";
 

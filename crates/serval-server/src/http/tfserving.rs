@@ -39,7 +39,17 @@ fn parse_target(path: &str) -> Result<Target> {
         .ok_or_else(|| ServerError::BadRequest("Missing model name in request.".into()))?;
     let version = match (parts.next(), parts.next(), parts.next()) {
         (None, _, _) => VersionSelector::Default,
-        (Some("versions"), Some(v), None) => VersionSelector::parse(Some(v))?,
+        // TF Serving's grammar: versions are digits, labels go under /labels/.
+        (Some("versions"), Some(v), None)
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            VersionSelector::parse(Some(v))?
+        }
+        (Some("versions"), Some(v), None) => {
+            return Err(ServerError::BadRequest(format!(
+                "version '{v}' is not a positive integer"
+            )));
+        }
         (Some("labels"), Some(l), None) if !l.is_empty() => VersionSelector::Label(l.to_owned()),
         _ => {
             return Err(ServerError::NotFound(format!(
@@ -62,16 +72,28 @@ async fn get_model(State(state): State<AppState>, Path(rest): Path<String>) -> R
     let served_model = state.inferencer.store().model(&target.model)?;
     if metadata {
         let served = served_model.resolve(&target.version)?;
-        return json_ok(&metadata_json(served_model, &served.model));
+        return json_ok(&metadata_json(&served_model, &served.model));
     }
-    let versions: Vec<u64> = match target.version {
+    let versions: Vec<u64> = match &target.version {
         VersionSelector::Default => served_model.versions.keys().copied().collect(),
-        selector => vec![served_model.resolve(&selector)?.model.version()],
+        selector => vec![served_model.resolve(selector)?.model.version()],
     };
-    let statuses: Vec<Value> = versions
+    let mut statuses: Vec<Value> = versions
         .iter()
         .map(|v| json!({"version": v.to_string(), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}))
         .collect();
+    if target.version == VersionSelector::Default {
+        // Versions that failed to load are reported with their error, as TF Serving does.
+        for failed in state
+            .inferencer
+            .store()
+            .index()
+            .into_iter()
+            .filter(|s| s.name == target.model && s.state == "UNAVAILABLE")
+        {
+            statuses.push(json!({"version": failed.version.to_string(), "state": "END", "status": {"error_code": "UNKNOWN", "error_message": failed.reason}}));
+        }
+    }
     json_ok(&json!({ "model_version_status": statuses }))
 }
 
@@ -155,7 +177,7 @@ async fn post_model(
         .inferencer
         .infer(InferRequest {
             model: target.model,
-            version: VersionSelector::Number(model.version()),
+            version: target.version,
             signature: Some(signature.name.clone()),
             inputs: decoded.inputs,
             keys: has_client_keys.then_some(decoded.keys),
@@ -164,6 +186,7 @@ async fn post_model(
         })
         .await?;
     let n = instances.len();
+    let version_answered = response.version;
     let keyed = KeyedPredictions {
         key_name: response.key_name,
         keys: response
@@ -217,7 +240,12 @@ async fn post_model(
     if !keyed.warnings.is_empty() {
         body.insert("warnings".into(), json!(keyed.warnings));
     }
-    json_ok(&Value::Object(body))
+    let mut response = json_ok(&Value::Object(body))?;
+    response.headers_mut().insert(
+        super::VERSION_HEADER,
+        axum::http::HeaderValue::from(version_answered),
+    );
+    Ok(response)
 }
 
 /// Columnar `inputs` (one tensor per input, axis 0 = instance) as row instances.

@@ -1,6 +1,7 @@
 //! The Open Inference Protocol v2 REST API (Triton, KServe, MLServer), with Triton's binary
 //! tensor extension: health, server and model metadata, model config, and `infer`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +21,7 @@ use super::{
 use crate::codec;
 use crate::error::{Result, ServerError};
 use crate::infer::{InferRequest, take_key_tensor};
-use crate::store::VersionSelector;
+use crate::store::{ServedVersion, VersionSelector};
 
 /// Header giving the JSON part's length when binary tensor data follows it.
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -47,6 +48,12 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/v2/models/{model}/versions/{version}/config",
             get(model_config_versioned),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
         )
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}/stats", get(model_stats))
@@ -85,15 +92,12 @@ async fn server_ready(State(state): State<AppState>) -> Result<Response> {
     }
 }
 
-fn resolve<'s>(
-    state: &'s AppState,
-    model: &str,
-    version: Option<&str>,
-) -> Result<&'s crate::store::ServedVersion> {
-    let served_model = state.inferencer.store().model(model)?;
-    Ok(served_model
-        .resolve(&VersionSelector::parse(version)?)?
-        .as_ref())
+fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ServedVersion>> {
+    state
+        .inferencer
+        .store()
+        .model(model)?
+        .resolve(&VersionSelector::parse(version)?)
 }
 
 /// Tensor metadata as OIP lists it.
@@ -163,11 +167,45 @@ async fn model_config_versioned(
     config(&state, &model, Some(&version))
 }
 
+/// Triton's model repository extension: every version and its state.
+async fn repository_index(State(state): State<AppState>) -> Result<Response> {
+    let index: Vec<Value> = state
+        .inferencer
+        .store()
+        .index()
+        .into_iter()
+        .map(|s| json!({"name": s.name, "version": if s.version == 0 { String::new() } else { s.version.to_string() }, "state": s.state, "reason": s.reason}))
+        .collect();
+    json_ok(&index)
+}
+
+/// Loads (or reloads) a model now; answers once it serves or says why it cannot.
+async fn repository_load(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response> {
+    let store = state.inferencer.store_handle();
+    tokio::task::spawn_blocking(move || store.load_model(&model))
+        .await
+        .map_err(|e| ServerError::Unavailable(format!("load task failed: {e}")))??;
+    json_ok(&json!({}))
+}
+
+/// Stops serving a model (in-flight requests finish) until it is loaded again.
+async fn repository_unload(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response> {
+    state.inferencer.store().unload_model(&model)?;
+    json_ok(&json!({}))
+}
+
 async fn all_stats(State(state): State<AppState>) -> Result<Response> {
     let stats: Vec<Value> = state
         .inferencer
         .store()
         .models()
+        .iter()
         .flat_map(|m| m.versions.values().map(|v| version_stats(&m.name, v)))
         .collect();
     json_ok(&json!({ "model_stats": stats }))
@@ -188,7 +226,7 @@ async fn model_stats_versioned(
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response> {
     let served = resolve(&state, &model, Some(&version))?;
-    json_ok(&json!({ "model_stats": [version_stats(&model, served)] }))
+    json_ok(&json!({ "model_stats": [version_stats(&model, &served)] }))
 }
 
 /// Triton's statistics extension for one version, plus its memory footprint and queue depth.
@@ -347,8 +385,8 @@ async fn run_infer(
         None => (&bytes[..], &[][..]),
     };
     let request: InferRequestBody = parse_json(json_part)?;
-    let served = resolve(&state, &model, version.as_deref())?;
-    let key_name = served.model.config().key.clone();
+    let selector = VersionSelector::parse(version.as_deref())?;
+    let key_name = state.inferencer.store().model(&model)?.config.key.clone();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
         let data_type = codec::data_type_of(&input.name, &input.datatype)?;
@@ -401,7 +439,7 @@ async fn run_infer(
         .inferencer
         .infer(InferRequest {
             model: model.clone(),
-            version: VersionSelector::Number(served.model.version()),
+            version: selector,
             signature,
             inputs,
             keys,
