@@ -1,0 +1,265 @@
+"""Model lifecycle against a real server under continuous load: versions appear, labels move,
+versions disappear, a corrupt version is refused, the config changes — and no valid request
+fails. Then the canary split and sticky routing by key."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from support import REPO, ServalServer
+
+MODEL = "iris_lr"
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes like a deployment tool should: a temp file renamed into place."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def add_version(repo: Path, version: int, source: Path | None = None) -> None:
+    staging = repo / f".staging-{version}"
+    staging.mkdir()
+    shutil.copy(source or REPO / MODEL / "1" / "model.onnx", staging / "model.onnx")
+    # Renaming the finished directory makes the version appear whole.
+    os.replace(staging, repo / MODEL / str(version))
+
+
+def index(server: ServalServer) -> list[dict]:
+    res = requests.post(f"{server.url}/v2/repository/index", timeout=10)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def wait_for(server: ServalServer, predicate, what: str, timeout: float = 30.0) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        entries = index(server)
+        if predicate(entries):
+            return entries
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}: {index(server)}")
+
+
+def ready_versions(entries: list[dict]) -> set[int]:
+    return {int(e["version"]) for e in entries if e["name"] == MODEL and e["state"] == "READY"}
+
+
+class Load:
+    """Background clients sending valid requests (default version and the `stable` label)."""
+
+    def __init__(self, server: ServalServer, threads: int = 4):
+        self.server = server
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses: collections.Counter = collections.Counter()
+        self.failures: list[str] = []
+        self.versions: list[tuple[float, str, str]] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, ix: int) -> None:
+        session = requests.Session()
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            if ix % 2 == 0:
+                url = f"{self.server.url}/v1/models/{MODEL}:predict"
+                target = "default"
+            else:
+                url = f"{self.server.url}/v1/models/{MODEL}/labels/stable:predict"
+                target = "stable"
+            body = {"instances": [{"key": f"t{ix}-{n}", "features": ROW}]}
+            try:
+                res = session.post(url, json=body, timeout=30)
+            except requests.RequestException as err:
+                with self.lock:
+                    self.failures.append(f"{target}: {err}")
+                continue
+            with self.lock:
+                self.statuses[res.status_code] += 1
+                if res.status_code != 200:
+                    self.failures.append(f"{target}: {res.status_code} {res.text}")
+                else:
+                    self.versions.append((time.time(), target, res.headers["serval-model-version"]))
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def versions_since(self, since: float, target: str) -> set[str]:
+        with self.lock:
+            return {v for (t, tg, v) in self.versions if t >= since and tg == target}
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    shutil.copytree(REPO / MODEL, tmp_path / MODEL)
+    write_atomically(tmp_path / MODEL / "config.toml", '[versions]\nlabels = { stable = 1 }\n')
+    return tmp_path
+
+
+@pytest.fixture()
+def live_server(repo):
+    server = ServalServer("--poll-interval-secs", "0.5", repo=repo)
+    yield server
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
+def test_versions_change_under_load_without_failed_requests(repo, live_server):
+    server = live_server
+    with Load(server) as load:
+        time.sleep(0.5)
+        # Serve the two newest versions; add version 2.
+        write_atomically(repo / MODEL / "config.toml", "[versions]\npolicy = { latest = 2 }\nlabels = { stable = 1 }\n")
+        add_version(repo, 2)
+        wait_for(server, lambda e: ready_versions(e) == {1, 2}, "versions 1 and 2")
+        mark = time.time() + 1.0
+        time.sleep(2.0)
+        assert load.versions_since(mark, "default") == {"2"}, "requests naming no version go to the highest"
+        assert load.versions_since(mark, "stable") == {"1"}
+
+        # Move the `stable` label to version 2.
+        write_atomically(repo / MODEL / "config.toml", "[versions]\npolicy = { latest = 2 }\nlabels = { stable = 2 }\n")
+        time.sleep(2.0)
+        mark = time.time()
+        time.sleep(1.5)
+        assert load.versions_since(mark, "stable") == {"2"}
+
+        # Remove version 1 while it is loaded.
+        shutil.rmtree(repo / MODEL / "1")
+        wait_for(server, lambda e: ready_versions(e) == {2}, "version 1 gone")
+
+        # A corrupt version 3 is refused; version 2 keeps serving.
+        staging = repo / ".staging-3"
+        staging.mkdir()
+        (staging / "model.onnx").write_bytes(b"this is not an onnx file")
+        os.replace(staging, repo / MODEL / "3")
+        entries = wait_for(
+            server,
+            lambda e: any(x["name"] == MODEL and x["version"] == "3" and x["state"] == "UNAVAILABLE" for x in e),
+            "version 3 refused",
+        )
+        failed = next(x for x in entries if x["version"] == "3")
+        assert "not a valid ONNX" in failed["reason"]
+        assert ready_versions(entries) == {2}
+        mark = time.time()
+        time.sleep(1.0)
+        assert load.versions_since(mark, "default") == {"2"}
+
+        # Readiness reports the refusal without taking the model down.
+        ready = requests.get(f"{server.url}/v2/models/{MODEL}/ready", timeout=10)
+        assert ready.status_code == 200
+        status = requests.get(f"{server.url}/v1/models/{MODEL}", timeout=10).json()
+        states = {s["version"]: s["state"] for s in status["model_version_status"]}
+        assert states == {"2": "AVAILABLE", "3": "END"}, status
+
+        # A config change with a typo is refused; the previous config keeps serving.
+        write_atomically(repo / MODEL / "config.toml", "[versions]\nlabelz = { stable = 2 }\n")
+        time.sleep(2.0)
+
+    assert load.failures == [], load.failures[:5]
+    assert load.statuses[200] > 100, load.statuses
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert 'serval_model_load_failures_total{model="iris_lr",version="3"}' in metrics
+
+
+def test_repository_api_loads_and_unloads(repo, live_server):
+    server = live_server
+    url = f"{server.url}/v2/repository/models/{MODEL}"
+    assert requests.post(f"{url}/unload", timeout=10).status_code == 200
+    res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
+    assert res.status_code == 503, res.text
+    assert "unloaded" in res.json()["error"]
+    assert any(e["state"] == "UNLOADED" for e in index(server))
+    # Concurrent identical loads are idempotent.
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(requests.post(f"{url}/load", timeout=60))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 4, [r.text for r in results]
+    res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
+    assert res.status_code == 200, res.text
+    missing = requests.post(f"{server.url}/v2/repository/models/nope/load", timeout=10)
+    assert missing.status_code == 404
+    assert "nope" in missing.json()["error"]
+
+
+def test_canary_split_follows_the_configured_share(repo, live_server):
+    server = live_server
+    add_version(repo, 2)
+    write_atomically(
+        repo / MODEL / "config.toml",
+        "[versions]\npolicy = \"all\"\ncanary = { version = 2, percent = 20.0 }\n",
+    )
+    wait_for(server, lambda e: ready_versions(e) == {1, 2}, "versions 1 and 2")
+    time.sleep(1.0)
+    counts: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        session = requests.Session()
+        for _ in range(n):
+            res = session.post(f"{server.url}/v2/models/{MODEL}/infer", json={
+                "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW}]
+            }, timeout=30)
+            assert res.status_code == 200, res.text
+            with lock:
+                counts[res.json()["model_version"]] += 1
+
+    threads = [threading.Thread(target=send, args=(2500,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sum(counts.values())
+    assert total == 10_000
+    share = counts["2"] / total
+    assert abs(share - 0.20) < 0.03, counts
+    # Naming a version bypasses the split.
+    res = requests.post(f"{server.url}/v2/models/{MODEL}/versions/1/infer", json={
+        "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW}]
+    }, timeout=10)
+    assert res.json()["model_version"] == "1"
+
+
+def test_sticky_canary_sends_a_key_to_the_same_version(repo, live_server):
+    server = live_server
+    add_version(repo, 2)
+    write_atomically(
+        repo / MODEL / "config.toml",
+        "[versions]\npolicy = \"all\"\ncanary = { version = 2, percent = 50.0, sticky = true }\n",
+    )
+    wait_for(server, lambda e: ready_versions(e) == {1, 2}, "versions 1 and 2")
+    time.sleep(1.0)
+    seen: dict[str, set[str]] = collections.defaultdict(set)
+    session = requests.Session()
+    for round_ in range(3):
+        for k in range(200):
+            key = f"customer-{k}"
+            res = session.post(f"{server.url}/v1/models/{MODEL}:predict", json={
+                "instances": [{"key": key, "features": ROW}]
+            }, timeout=10)
+            assert res.status_code == 200, res.text
+            assert res.json()["predictions"][0]["key"] == key
+            seen[key].add(res.headers["serval-model-version"])
+    assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}
+    canary_share = sum(1 for v in seen.values() if v == {"2"}) / len(seen)
+    assert 0.35 < canary_share < 0.65, canary_share
