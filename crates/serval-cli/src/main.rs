@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serval_core::{ModelRepository, RepositoryOptions};
+use serval_storage::RemoteRepository;
 
 mod inspect;
 mod models;
@@ -36,19 +37,50 @@ enum Command {
 #[derive(Args)]
 struct RepositoryArgs {
     /// Model repository: <repo>/<model>/<version>/model.onnx, optional <repo>/<model>/config.toml.
-    repository: PathBuf,
+    /// A directory, or an object store URL (s3://bucket/prefix, gs://..., az://...) mirrored locally.
+    repository: String,
     /// Path of libonnxruntime.so for the ONNX Runtime backend (default: the onnxruntime Python package).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
+    /// Where object-store repositories are mirrored (default: $XDG_CACHE_HOME/serval or ~/.cache/serval).
+    #[arg(long, env = "SERVAL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 impl RepositoryArgs {
+    /// The remote repository, when the location is an object store URL.
+    fn remote(&self) -> anyhow::Result<Option<RemoteRepository>> {
+        let cache_root = self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("serval")
+        });
+        Ok(RemoteRepository::parse(&self.repository, &cache_root)?)
+    }
+
+    /// Opens a local repository as is; mirrors a remote one first.
     fn open(&self) -> anyhow::Result<ModelRepository> {
+        let local = match self.remote()? {
+            Some(remote) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(remote.sync())?;
+                remote.local_dir().to_path_buf()
+            }
+            None => PathBuf::from(&self.repository),
+        };
+        self.open_local(local)
+    }
+
+    fn open_local(&self, dir: PathBuf) -> anyhow::Result<ModelRepository> {
         let options = RepositoryOptions {
             ort_library: self.ort_library.clone(),
             instances: None,
         };
-        Ok(ModelRepository::open(&self.repository, options)?)
+        Ok(ModelRepository::open(dir, options)?)
     }
 }
 

@@ -66,10 +66,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("--poll-interval-secs must be a finite number of seconds")
             })?,
     };
-    let repository = args.repository.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let repository = match args.repository.remote()? {
+        Some(remote) => {
+            runtime.block_on(remote.sync())?;
+            let repository = args
+                .repository
+                .open_local(remote.local_dir().to_path_buf())?;
+            // Keep the mirror in step; the server's watcher then loads what changed.
+            let interval = config.poll_interval.unwrap_or(Duration::from_secs(10));
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if let Err(e) = remote.sync().await {
+                        tracing::error!(error = %e, "cannot mirror the remote repository; serving the last copy");
+                    }
+                }
+            });
+            repository
+        }
+        None => args.repository.open()?,
+    };
     runtime.block_on(serval_server::serve(&repository, config, shutdown_signal()))?;
     Ok(())
 }
