@@ -5,9 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # onnxruntime provides libonnxruntime.so for the ONNX Runtime backend; the protocol suite needs
-# tritonclient/kserve. Both come from PyPI; nothing is downloaded at run time.
-python3 -m pip install --quiet --disable-pip-version-check \
-  -r examples/requirements.txt -r tests/protocol/requirements.txt
+# tritonclient, kserve and moto. All come from PyPI; nothing is downloaded at run time.
+python3 -m pip install --quiet --disable-pip-version-check -r tests/protocol/requirements.txt
 
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
