@@ -214,11 +214,10 @@ fn csv_lines(
     {
         CsvLayout::Features(input.name.clone())
     } else {
-        let expected: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
         bail!(
             "CSV header {header:?} does not match the model: name the columns after its inputs ({}) \
              or, for a single [N, F] input, give exactly F feature columns",
-            expected.join(", ")
+            signature.input_names()
         );
     };
     let key_name = key_name.to_owned();

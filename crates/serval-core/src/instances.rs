@@ -118,14 +118,7 @@ pub fn decode_instances(
     }
     let mut keys = Vec::with_capacity(instances.len());
     let mut columns: Vec<Column> = signature.inputs.iter().map(Column::new).collect();
-    let expected = || {
-        signature
-            .inputs
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let expected = || signature.input_names();
     for (ix, instance) in instances.iter().enumerate() {
         let at = |e: InputError| e.context(format_args!("instance {ix}"));
         match instance {

@@ -314,14 +314,7 @@ impl Model {
         signature: &Signature,
         mut inputs: Vec<(String, Tensor)>,
     ) -> Result<Vec<Tensor>, InputError> {
-        let expected = || {
-            signature
-                .inputs
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let expected = || signature.input_names();
         if let Some((unknown, _)) = inputs
             .iter()
             .find(|(n, _)| !signature.inputs.iter().any(|s| &s.name == n))

@@ -27,6 +27,17 @@ pub struct Signature {
     pub postprocess: Vec<PostprocessStep>,
 }
 
+impl Signature {
+    /// Input names, comma separated, for error messages.
+    pub fn input_names(&self) -> String {
+        self.inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Builds every signature of a graph under a config; errors name the offending signature.
 pub(crate) fn build_signatures(
     graph: &GraphInfo,

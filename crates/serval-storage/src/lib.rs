@@ -93,37 +93,34 @@ impl RemoteRepository {
             url: location.to_owned(),
             reason: reason.to_owned(),
         };
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => Arc::new(
+        fn shared<S: ObjectStore>(
+            built: object_store::Result<S>,
+        ) -> object_store::Result<Arc<dyn ObjectStore>> {
+            built.map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        }
+        let built = match url.scheme() {
+            "s3" | "s3a" => shared(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(location)
-                    .build()
-                    .map_err(|e| StorageError::Store {
-                        url: location.to_owned(),
-                        source: e,
-                    })?,
+                    .build(),
             ),
-            "gs" => Arc::new(
+            "gs" => shared(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(location)
-                    .build()
-                    .map_err(|e| StorageError::Store {
-                        url: location.to_owned(),
-                        source: e,
-                    })?,
+                    .build(),
             ),
-            "az" | "abfs" | "abfss" | "adl" => Arc::new(
+            "az" | "abfs" | "abfss" | "adl" => shared(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(location)
-                    .build()
-                    .map_err(|e| StorageError::Store {
-                        url: location.to_owned(),
-                        source: e,
-                    })?,
+                    .build(),
             ),
             // A one-letter scheme is a Windows drive; `file:` and friends are local paths.
             _ => return Ok(None),
         };
+        let store = built.map_err(|source| StorageError::Store {
+            url: location.to_owned(),
+            source,
+        })?;
         let bucket = url.host_str().ok_or_else(|| bad("no bucket name"))?;
         let prefix = ObjectPath::from(url.path().trim_matches('/'));
         let mut local_dir = cache_root.join(url.scheme()).join(bucket);

@@ -268,12 +268,7 @@ fn columnar_to_instances(
         _ => {
             return Err(ServerError::BadRequest(format!(
                 "'inputs' must be an object naming the model's inputs ({})",
-                signature
-                    .inputs
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                signature.input_names()
             )));
         }
     };
