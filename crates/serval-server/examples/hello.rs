@@ -5,8 +5,7 @@
 //! cargo run --release -p serval-server --example hello -- --host 127.0.0.1 --port 8080
 //! ```
 //!
-//! Prints `hello listening http=<addr>` once bound; port 0 picks a free port. Stops on Ctrl-C or
-//! SIGTERM.
+//! Prints `hello listening http=<addr>` once bound; port 0 picks a free port.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -45,27 +44,6 @@ fn parse_args() -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(host, port))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let addr = match parse_args() {
         Ok(addr) => addr,
@@ -91,9 +69,8 @@ fn main() -> std::process::ExitCode {
         let app = Router::new()
             .route("/", post(predict))
             .fallback(post(predict));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        // No graceful shutdown: the benchmark stops it with SIGTERM, which ends it at once.
+        axum::serve(listener, app).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

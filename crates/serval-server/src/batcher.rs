@@ -77,7 +77,11 @@ struct Admission {
 impl Batcher {
     /// Starts `workers` engine threads for `model`.
     pub fn start(model: Arc<Model>, workers: usize) -> Batcher {
-        let cfg = model.config().batching.clone();
+        let mut cfg = model.config().batching.clone();
+        if !model.is_batchable() {
+            // A fixed leading dimension cannot stack requests: every request runs alone.
+            cfg.max_batch_size = 1;
+        }
         let admitted = Arc::new(Semaphore::new(cfg.max_queue_size.max(1) + workers));
         let kib = (cfg.max_queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         let admitted_kib = Arc::new(Semaphore::new(kib));

@@ -1,0 +1,452 @@
+#!/usr/bin/env bash
+# Online serving under load: Serval against an HTTP ceiling (axum hello), FastAPI + ONNX Runtime,
+# MLServer + scikit-learn, and the raw in-process engine. Loopback only; every run is time-bounded.
+#
+#   bash bench/load.sh            # full run (~30-80 min, most of it waiting for a quiet machine)
+#   bash bench/load.sh --quick    # smoke test: 2 s runs, c=1 and 64, no waiting
+#
+# Full runs write bench/results/load.json (every run, machine description) and
+# bench/results/load.md (the tables, also printed); --quick writes under target/bench-quick/.
+#
+# Environment: BENCH_LOAD_MAX (0.7) and BENCH_LOAD_WAIT (300 s): after starting each server (and
+# before the raw-engine runs) wait until the 1-minute load average is below BENCH_LOAD_MAX, polling every 10 s,
+# for at most BENCH_LOAD_WAIT s, then measure anyway and record the load. BENCH_VENV
+# (target/bench-venv): the Python environment for the peers. BENCH_SOURCE_REV: what to record as
+# the measured source when the tree is not a git checkout.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+QUICK=0
+case "${1:-}" in
+  --quick) QUICK=1 ;;
+  "") ;;
+  *) echo "usage: bash bench/load.sh [--quick]" >&2; exit 2 ;;
+esac
+
+MODELS=(breast_cancer_lr breast_cancer_mlp_large)
+TINY=breast_cancer_lr
+HEAVY=breast_cancer_mlp_large
+OHA_VERSION=1.16.0
+LOAD_MAX=${BENCH_LOAD_MAX:-0.7}
+LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
+VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
+BATCH_ON_SIZE=64
+BATCH_ON_DELAY_US=500
+OVERLOAD_QUEUE=16
+OVERLOAD_CONNECTIONS=512
+OPEN_CONNECTIONS=256
+if ((QUICK)); then
+  DURATION=2
+  CONCURRENCY=(1 64)
+  RAW_SECONDS=1
+  RAW_BATCHES=1,64
+  LOAD_WAIT=0
+  OUT_DIR=$ROOT/target/bench-quick
+else
+  DURATION=10
+  CONCURRENCY=(1 8 64 256)
+  RAW_SECONDS=3
+  RAW_BATCHES=1,8,32,64,128,256
+  OUT_DIR=$ROOT/bench/results
+fi
+RESULTS=$OUT_DIR/load.json
+REPORT=$OUT_DIR/load.md
+
+WORK=$(mktemp -d /tmp/serval-bench.XXXXXX)
+RECORDS=$WORK/records.jsonl
+: >"$RECORDS"
+PGIDS=()
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { log "error: $*"; exit 1; }
+
+# ----------------------------------------------------------------------------- processes
+
+cleanup() {
+  local status=$? pid
+  for pid in "${PGIDS[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for pid in "${PGIDS[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 -- "-$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  PGIDS=()
+  if ((status == 0)); then
+    rm -rf "$WORK"
+  else
+    echo "bench/load.sh failed (exit $status); logs kept in $WORK" >&2
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_server LOG CMD...: runs CMD in its own process group (so stopping it stops its workers).
+start_server() {
+  local logfile=$1
+  shift
+  setsid "$@" >"$logfile" 2>&1 </dev/null &
+  SERVER_PID=$!
+  PGIDS+=("$SERVER_PID")
+}
+
+stop_server() {
+  local pid=$1 keep=() p
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 -- "-$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PGIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  PGIDS=("${keep[@]}")
+}
+
+# wait_for_line LOG REGEX PID: prints the first capture group of REGEX once LOG has it.
+wait_for_line() {
+  local logfile=$1 regex=$2 pid=$3
+  for _ in $(seq 600); do
+    if [[ -s $logfile ]] && [[ $(cat "$logfile") =~ $regex ]]; then
+      echo "${BASH_REMATCH[1]}"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "server exited before it was ready"; }
+    sleep 0.1
+  done
+  cat "$logfile" >&2
+  die "server not ready after 60 s"
+}
+
+# wait_for_url URL PID: polls until GET URL answers 200 (at most 120 s).
+wait_for_url() {
+  local url=$1 pid=$2
+  for _ in $(seq 1200); do
+    curl -sf -o /dev/null "$url" && return 0
+    kill -0 "$pid" 2>/dev/null || die "server exited before it was ready ($url)"
+    sleep 0.1
+  done
+  die "not ready after 120 s: $url"
+}
+
+free_port() {
+  "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# check_predict URL BODY: one request must answer 200.
+check_predict() {
+  local code
+  code=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
+    --data-binary "@$2" "$1")
+  [[ $code == 200 ]] || { cat "$WORK/check.out" >&2; die "POST $1 answered $code"; }
+  log "  check: $(head -c 160 "$WORK/check.out")"
+}
+
+# ----------------------------------------------------------------------------- load
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# wait_quiet: waits for the 1-minute load average to drop below LOAD_MAX; sets SERIES_LOAD,
+# SERIES_WAITED and SERIES_QUIET (1 if it got there).
+wait_quiet() {
+  local start=$SECONDS l
+  while :; do
+    l=$(load1)
+    if awk -v l="$l" -v m="$LOAD_MAX" 'BEGIN { exit !(l < m) }'; then
+      SERIES_QUIET=1
+      break
+    fi
+    if ((SECONDS - start >= LOAD_WAIT)); then
+      SERIES_QUIET=0
+      log "  load average $l still >= $LOAD_MAX after $((SECONDS - start)) s: measuring under it"
+      break
+    fi
+    sleep 10
+  done
+  SERIES_LOAD=$l
+  SERIES_WAITED=$((SECONDS - start))
+  log "  load average $l (waited ${SERIES_WAITED} s)"
+}
+
+# oha_run OUT URL BODY OHA-ARGS...: one time-bounded run.
+oha_run() {
+  local out=$1 url=$2 body=$3
+  shift 3
+  timeout $((DURATION + 60)) "$OHA" --no-tui --output-format json --stats-success-breakdown \
+    -m POST -T application/json -D "$body" -z "${DURATION}s" "$@" "$url" >"$out"
+}
+
+warmup() {
+  timeout 30 "$OHA" --no-tui --output-format quiet -m POST -T application/json -D "$2" \
+    -z 2s -c 8 "$1" >/dev/null
+}
+
+# series SERVER MODEL PROTOCOL BATCHING URL BODY: closed loop at each concurrency, then an open
+# loop at half the best closed-loop throughput. The caller has run wait_quiet for this server.
+series() {
+  local server=$1 model=$2 protocol=$3 batching=$4 url=$5 body=$6 c best rate
+  local meta=(server="$server" model="$model" protocol="$protocol" batching="$batching")
+  log "series $server $model $protocol batching=$batching"
+  check_predict "$url" "$body"
+  warmup "$url" "$body"
+  meta+=(series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET")
+  for c in "${CONCURRENCY[@]}"; do
+    local l
+    l=$(load1)
+    oha_run "$WORK/oha.json" "$url" "$body" -c "$c"
+    "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" mode=closed concurrency="$c" load1="$l"
+  done
+  best=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" "${meta[@]}")
+  rate=$((best / 2))
+  ((rate > 0)) || rate=1
+  local l
+  l=$(load1)
+  oha_run "$WORK/oha.json" "$url" "$body" -c "$OPEN_CONNECTIONS" -q "$rate" --latency-correction
+  "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" mode=open \
+    concurrency="$OPEN_CONNECTIONS" rate="$rate" load1="$l"
+}
+
+# one_run SERVER MODEL PROTOCOL BATCHING URL BODY C: a single closed-loop run (no open loop).
+one_run() {
+  local server=$1 model=$2 protocol=$3 batching=$4 url=$5 body=$6 c=$7 l
+  log "run $server $model $protocol batching=$batching c=$c"
+  check_predict "$url" "$body"
+  l=$(load1)
+  oha_run "$WORK/oha.json" "$url" "$body" -c "$c"
+  "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" server="$server" model="$model" \
+    protocol="$protocol" batching="$batching" mode=closed concurrency="$c" load1="$l" \
+    series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET"
+}
+
+# ----------------------------------------------------------------------------- setup
+
+log "tools"
+command -v curl >/dev/null || die "curl is required"
+OHA=$(command -v oha || true)
+[[ -n $OHA ]] || OHA=${CARGO_HOME:-$HOME/.cargo}/bin/oha
+if [[ ! -x $OHA ]]; then
+  log "installing oha $OHA_VERSION (cargo install --locked)"
+  cargo install oha --version "$OHA_VERSION" --locked
+fi
+[[ -x $OHA ]] || die "oha is not installed"
+if [[ ! -x $VENV/bin/python ]]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
+PY=$VENV/bin/python
+RESULTS_PY=$ROOT/bench/python/results.py
+
+log "building release binaries"
+cargo build --release -q -p serval-cli --bin serval
+cargo build --release -q -p serval-server --example hello
+cargo build --release -q -p serval-core --example throughput
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# Private copies: a concurrent build in the same target directory must not swap them mid-run.
+mkdir -p "$WORK/bin"
+cp "$TARGET_DIR/release/serval" "$TARGET_DIR/release/examples/hello" \
+  "$TARGET_DIR/release/examples/throughput" "$WORK/bin/"
+SERVAL=$WORK/bin/serval
+HELLO=$WORK/bin/hello
+THROUGHPUT=$WORK/bin/throughput
+
+# Bench repositories: copies of the example models with a [batching] section appended.
+make_repo() {
+  local dir=$1 max_batch=$2 delay=$3 queue=$4 m
+  shift 4
+  for m in "$@"; do
+    mkdir -p "$dir/$m"
+    cp -r "examples/models/$m/1" "$dir/$m/1"
+    if [[ -f examples/models/$m/config.toml ]]; then
+      cp "examples/models/$m/config.toml" "$dir/$m/config.toml"
+    fi
+    printf '\n[batching]\nmax_batch_size = %s\nmax_queue_delay_us = %s\nmax_queue_size = %s\n' \
+      "$max_batch" "$delay" "$queue" >>"$dir/$m/config.toml"
+  done
+}
+make_repo "$WORK/repo-off" 1 0 1024 "${MODELS[@]}"
+make_repo "$WORK/repo-on" "$BATCH_ON_SIZE" "$BATCH_ON_DELAY_US" 1024 "${MODELS[@]}"
+make_repo "$WORK/repo-overload" 1 0 "$OVERLOAD_QUEUE" "$HEAVY"
+
+# Request bodies: one real row (the first of examples/data/<model>.jsonl), batch of 1.
+for m in "${MODELS[@]}"; do
+  "$PY" - "$m" "$WORK" <<'EOF'
+import json, sys
+model, work = sys.argv[1], sys.argv[2]
+with open(f"examples/data/{model}.jsonl") as f:
+    row = json.loads(f.readline())["features"]
+oip = {"inputs": [{"name": "features", "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
+bodies = {
+    "tf": {"instances": [{"features": row}]},
+    "oip": oip,
+    # MLServer's scikit-learn runtime: ask for both outputs, as Serval and FastAPI return both.
+    "mlserver": dict(oip, outputs=[{"name": "predict"}, {"name": "predict_proba"}]),
+}
+for name, body in bodies.items():
+    with open(f"{work}/{model}.{name}.json", "w") as f:
+        json.dump(body, f)
+EOF
+done
+
+# Machine description.
+"$PY" - "$WORK/machine.json" "$OHA" "$QUICK" "$DURATION" "$LOAD_MAX" "$LOAD_WAIT" <<'EOF'
+import json, os, platform, subprocess, sys, time
+out, oha, quick, duration, load_max, load_wait = sys.argv[1:]
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception as e:
+        return f"unavailable: {e}"
+cpu = {}
+with open("/proc/cpuinfo") as f:
+    for line in f:
+        k, _, v = line.partition(":")
+        cpu.setdefault(k.strip(), v.strip())
+with open("/proc/meminfo") as f:
+    mem_kib = int(f.readline().split()[1])
+doc = {
+    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "quick": quick == "1",
+    "duration_s": int(duration),
+    "load_max": float(load_max),
+    "load_wait_s": int(load_wait),
+    "machine": {
+        "nproc": os.cpu_count(),
+        "cpu": cpu.get("model name"),
+        "mhz": cpu.get("cpu MHz"),
+        "mem_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "load_at_start": open("/proc/loadavg").read().split()[:3],
+    },
+    "versions": {
+        "rustc": sh("rustc", "--version"),
+        "oha": sh(oha, "--version"),
+        "python": platform.python_version(),
+        # BENCH_SOURCE_REV names the source when it is not a git checkout (e.g. a `git archive`).
+        "source": os.environ.get("BENCH_SOURCE_REV")
+        or sh("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if sh("git", "status", "--porcelain") else ""),
+    },
+}
+with open(out, "w") as f:
+    json.dump(doc, f)
+EOF
+
+# ----------------------------------------------------------------------------- raw engine
+
+log "raw engine"
+wait_quiet
+for m in "${MODELS[@]}"; do
+  log "raw engine $m"
+  "$THROUGHPUT" "$WORK/repo-off" "$m" --data "examples/data/$m.jsonl" --seconds "$RAW_SECONDS" \
+    --batches "$RAW_BATCHES" --json "$WORK/raw.json"
+  "$PY" "$RESULTS_PY" raw "$RECORDS" "$WORK/raw.json" series_load1="$SERIES_LOAD" \
+    series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET"
+done
+
+# ----------------------------------------------------------------------------- serval
+
+serval_start() {
+  start_server "$WORK/serval.log" "$SERVAL" serve "$1" --host 127.0.0.1 --http-port 0 --grpc-port 0
+  SERVAL_ADDR=$(wait_for_line "$WORK/serval.log" 'serval listening http=([0-9.]+:[0-9]+)' "$SERVER_PID")
+  log "serval $1 at $SERVAL_ADDR"
+  wait_quiet
+}
+
+for batching in off on; do
+  serval_start "$WORK/repo-$batching"
+  for m in "${MODELS[@]}"; do
+    series serval "$m" tf "$batching" "http://$SERVAL_ADDR/v1/models/$m:predict" "$WORK/$m.tf.json"
+    # Same protocol as MLServer (OIP v2 JSON), at one concurrency.
+    one_run serval "$m" oip "$batching" "http://$SERVAL_ADDR/v2/models/$m/infer" "$WORK/$m.oip.json" 64
+  done
+  stop_server "$SERVER_PID"
+done
+
+# Overload: the heavy model without batching (the lowest capacity, so 10x is reachable), a small
+# queue, and an open loop at 10x its best closed-loop throughput.
+MAX_RPS=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" server=serval model="$HEAVY" protocol=tf batching=off)
+OVER_RATE=$((MAX_RPS * 10))
+serval_start "$WORK/repo-overload"
+URL="http://$SERVAL_ADDR/v1/models/$HEAVY:predict"
+log "overload $HEAVY: unloaded c=1, then -q $OVER_RATE -c $OVERLOAD_CONNECTIONS"
+check_predict "$URL" "$WORK/$HEAVY.tf.json"
+warmup "$URL" "$WORK/$HEAVY.tf.json"
+OVER_META=(server=serval model="$HEAVY" protocol=tf batching=off max_queue_size="$OVERLOAD_QUEUE"
+  series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET")
+l=$(load1)
+oha_run "$WORK/oha.json" "$URL" "$WORK/$HEAVY.tf.json" -c 1
+"$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${OVER_META[@]}" table=overload mode=closed \
+  concurrency=1 load1="$l"
+l=$(load1)
+# Halfway through, catch one 429 with curl to record its Retry-After header.
+(
+  sleep $((DURATION / 2))
+  for _ in $(seq 200); do
+    code=$(curl -s -o /dev/null -D "$WORK/headers" -w '%{http_code}' \
+      -H 'content-type: application/json' --data-binary "@$WORK/$HEAVY.tf.json" "$URL" || true)
+    [[ $code == 429 ]] && break
+  done
+) &
+probe=$!
+oha_run "$WORK/oha.json" "$URL" "$WORK/$HEAVY.tf.json" -c "$OVERLOAD_CONNECTIONS" -q "$OVER_RATE"
+wait "$probe" || true
+retry_after=$(tr -d '\r' <"$WORK/headers" 2>/dev/null | awk -F': *' 'tolower($1) == "retry-after" { print $2 }')
+first_line=$(head -1 "$WORK/headers" 2>/dev/null | tr -d '\r')
+log "  probe: ${first_line:-no answer}, Retry-After: ${retry_after:-none}"
+"$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${OVER_META[@]}" mode=overload \
+  concurrency="$OVERLOAD_CONNECTIONS" rate="$OVER_RATE" max_rps="$MAX_RPS" load1="$l" \
+  probe_status="${first_line:-none}" retry_after="${retry_after:-none}"
+stop_server "$SERVER_PID"
+
+# ----------------------------------------------------------------------------- hello (HTTP ceiling)
+
+start_server "$WORK/hello.log" "$HELLO" --host 127.0.0.1 --port 0
+HELLO_ADDR=$(wait_for_line "$WORK/hello.log" 'hello listening http=([0-9.]+:[0-9]+)' "$SERVER_PID")
+wait_quiet
+series hello "$TINY" tf - "http://$HELLO_ADDR/v1/models/$TINY:predict" "$WORK/$TINY.tf.json"
+stop_server "$SERVER_PID"
+
+# ----------------------------------------------------------------------------- FastAPI + ORT
+
+for m in "${MODELS[@]}"; do
+  port=$(free_port)
+  start_server "$WORK/fastapi.log" env BENCH_ONNX_MODEL="$ROOT/examples/models/$m/1/model.onnx" \
+    "$VENV/bin/uvicorn" fastapi_server:app --app-dir "$ROOT/bench/python" --host 127.0.0.1 \
+    --port "$port" --workers 2 --no-access-log --log-level warning
+  wait_for_url "http://127.0.0.1:$port/health" "$SERVER_PID"
+  wait_quiet
+  series fastapi "$m" tf - "http://127.0.0.1:$port/v1/models/$m:predict" "$WORK/$m.tf.json"
+  stop_server "$SERVER_PID"
+done
+
+# ----------------------------------------------------------------------------- MLServer + sklearn
+
+"$PY" bench/python/train_sklearn.py "$WORK/mlserver" "${MODELS[@]}"
+http_port=$(free_port)
+grpc_port=$(free_port)
+metrics_port=$(free_port)
+cat >"$WORK/mlserver/settings.json" <<EOF
+{"host": "127.0.0.1", "http_port": $http_port, "grpc_port": $grpc_port,
+ "metrics_port": $metrics_port, "parallel_workers": 2, "debug": false}
+EOF
+start_server "$WORK/mlserver.log" "$VENV/bin/mlserver" start "$WORK/mlserver"
+for m in "${MODELS[@]}"; do
+  wait_for_url "http://127.0.0.1:$http_port/v2/models/$m/ready" "$SERVER_PID"
+done
+wait_quiet
+for m in "${MODELS[@]}"; do
+  series mlserver "$m" oip - "http://127.0.0.1:$http_port/v2/models/$m/infer" "$WORK/$m.mlserver.json"
+done
+stop_server "$SERVER_PID"
+
+# ----------------------------------------------------------------------------- results
+
+mkdir -p "$OUT_DIR"
+"$PY" "$RESULTS_PY" finalize "$RECORDS" "$WORK/machine.json" "$RESULTS"
+"$PY" "$RESULTS_PY" report "$RESULTS" | tee "$REPORT"
+log "wrote $RESULTS and $REPORT"
