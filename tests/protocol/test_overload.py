@@ -108,3 +108,34 @@ def test_bad_timeout_header_is_400(slow_server):
     )
     assert res.status_code == 400
     assert "serval-timeout-ms" in res.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo-one")
+    shutil.copytree(REPO / "iris_lr", repo / "iris_lr")
+    (repo / "iris_lr" / "config.toml").write_text(SLOW_QUEUE_CONFIG)
+    server = ServalServer("--max-concurrent-requests", "1", repo=repo)
+    yield server
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
+def test_server_wide_limit_sheds_before_reading_and_probes_still_answer(one_at_a_time_server):
+    server = one_at_a_time_server
+    url = f"{server.url}/v2/models/iris_lr/infer"
+    first: dict[str, requests.Response] = {}
+    waiting = threading.Thread(target=lambda: first.setdefault("res", requests.post(url, json=infer_body("first"), timeout=30)))
+    waiting.start()
+    deadline = time.time() + 10
+    while requests.get(f"{server.url}/v2/models/iris_lr/stats", timeout=5).json()["model_stats"][0]["queue_size"] < 1:
+        assert time.time() < deadline, "first request never queued"
+        time.sleep(0.02)
+    refused = requests.post(url, json=infer_body("second"), timeout=30)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers.get("Retry-After") == "1"
+    assert "concurrent requests" in refused.json()["error"]
+    # Probes and metadata are never shed.
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/v2/models/iris_lr", timeout=5).status_code == 200
+    waiting.join(timeout=30)
+    assert first["res"].status_code == 200, first["res"].text

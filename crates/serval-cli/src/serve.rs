@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Seconds between repository re-scans (file notifications also trigger one); 0 never reloads.
     #[arg(long, env = "SERVAL_POLL_INTERVAL_SECS", default_value_t = 2.0)]
     poll_interval_secs: f64,
+    /// Requests handled at once across all models (429 beyond, before their bodies are read).
+    #[arg(long, env = "SERVAL_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    max_concurrent_requests: usize,
     /// Per-request deadline in milliseconds, queueing included (504 beyond).
     #[arg(long, env = "SERVAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
@@ -57,6 +60,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_instances: args.max_instances,
+            max_concurrent_requests: args.max_concurrent_requests,
         },
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         poll_interval: (args.poll_interval_secs > 0.0)

@@ -21,6 +21,9 @@ pub enum ServerError {
     /// The model's queue is full: retry later (overload).
     #[error("model '{0}' is overloaded: its queue is full, retry later")]
     Overloaded(String),
+    /// The server already handles its limit of concurrent requests (overload).
+    #[error("server is at its limit of {0} concurrent requests, retry later")]
+    Busy(usize),
     /// The request waited or ran longer than its deadline (overload).
     #[error("request timed out after {0} ms")]
     Timeout(u64),
@@ -46,7 +49,7 @@ impl ServerError {
             }
             ServerError::Core(E::Inference { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ServerError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServerError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServerError::Overloaded(_) | ServerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -62,7 +65,7 @@ impl IntoResponse for ServerError {
         }
         let body = serde_json::json!({ "error": self.to_string() });
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self, ServerError::Overloaded(_)) {
+        if matches!(self, ServerError::Overloaded(_) | ServerError::Busy(_)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -122,6 +122,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        let _permit = self.inferencer.try_admit()?;
         let deadline = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let served_model = self.inferencer.store().model(&r.model_name)?;

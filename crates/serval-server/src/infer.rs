@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serval_core::{Tensor, TensorData};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Result, ServerError};
 use crate::metrics;
@@ -50,12 +51,31 @@ pub struct InferResponse {
 pub struct Inferencer {
     store: Arc<ModelStore>,
     timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl Inferencer {
-    /// A handle over loaded models with a per-request deadline.
-    pub fn new(store: Arc<ModelStore>, timeout: Duration) -> Inferencer {
-        Inferencer { store, timeout }
+    /// A handle over loaded models with a per-request deadline and a limit on requests in flight.
+    pub fn new(store: Arc<ModelStore>, timeout: Duration, max_in_flight: usize) -> Inferencer {
+        let max_in_flight = max_in_flight.max(1);
+        Inferencer {
+            store,
+            timeout,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// Admits one more request into the server, or refuses at once when the limit is reached.
+    ///
+    /// Front ends call this before reading a request body, so overload is shed before it costs
+    /// memory or parsing time; the permit is held until the response is ready.
+    pub fn try_admit(&self) -> Result<OwnedSemaphorePermit> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServerError::Busy(self.max_in_flight))
     }
 
     /// The loaded models.

@@ -47,7 +47,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store::ModelStore::load(repository.clone())?);
     let handle = metrics::install().map_err(ServeError::Metrics)?;
-    let inferencer = infer::Inferencer::new(store.clone(), config.request_timeout);
+    let inferencer = infer::Inferencer::new(
+        store.clone(),
+        config.request_timeout,
+        config.limits.max_concurrent_requests,
+    );
     let state = http::AppState {
         inferencer: inferencer.clone(),
         limits: config.limits,

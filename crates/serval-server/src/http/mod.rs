@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most instances accepted in one request (413 beyond).
     pub max_instances: usize,
+    /// Requests handled at once across all models and protocols (429 beyond, before reading them).
+    pub max_concurrent_requests: usize,
 }
 
 /// Shared state of the REST handlers.
@@ -43,7 +45,27 @@ pub fn router(state: AppState) -> Router {
         .merge(v2::routes())
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
         .with_state(state)
+}
+
+/// Refuses POSTs beyond the server's in-flight limit with 429 before their bodies are read;
+/// health, metadata and metrics (GETs) always answer, so probes see the truth under overload.
+async fn shed_load(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    match state.inferencer.try_admit() {
+        Ok(_permit) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
 }
 
 /// A router serving only `/metrics`, for a dedicated metrics port.
