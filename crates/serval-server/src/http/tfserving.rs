@@ -7,9 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
-use serde::Deserialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
-use serval_core::instances::{KeyedPredictions, TensorView, decode_instances};
+use serval_core::instances::{KeyedPredictions, RowView, TensorView, decode_instances};
 
 use super::{AppState, check_instances, header_timeout, json_ok, parse_json, read_body};
 use crate::error::{Result, ServerError};
@@ -196,56 +197,82 @@ async fn post_model(
         outputs: response.outputs,
         warnings: decoded.warnings,
     };
-    let has_keys = keyed.keys.iter().any(Option::is_some);
-    let mut body = Map::new();
-    if columnar {
-        let outputs = match (keyed.outputs.as_slice(), has_keys) {
-            ([(_, only)], false) => serde_json::to_value(TensorView(only)),
-            (outputs, _) => {
-                let mut map = Map::new();
-                if has_keys {
-                    map.insert(keyed.key_name.clone(), json!(keyed.keys));
-                }
-                for (name, tensor) in outputs {
-                    map.insert(
-                        name.clone(),
-                        serde_json::to_value(TensorView(tensor)).unwrap_or_default(),
-                    );
-                }
-                Ok(Value::Object(map))
-            }
-        };
-        body.insert(
-            "outputs".into(),
-            outputs.map_err(|e| ServerError::BadRequest(e.to_string()))?,
-        );
-    } else {
-        let predictions: Vec<Value> = match (keyed.outputs.as_slice(), has_keys) {
-            // TF Serving drops the name of a single output; keyed rows need objects.
-            ([(_, only)], false) => (0..n)
-                .map(|r| {
-                    serde_json::to_value(serval_core::instances::RowView {
-                        tensor: only,
-                        row: r,
-                    })
-                })
-                .collect::<Result<_, _>>(),
-            _ => (0..n)
-                .map(|r| serde_json::to_value(keyed.row(r)))
-                .collect::<Result<_, _>>(),
-        }
-        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
-        body.insert("predictions".into(), Value::Array(predictions));
-    }
-    if !keyed.warnings.is_empty() {
-        body.insert("warnings".into(), json!(keyed.warnings));
-    }
-    let mut response = json_ok(&Value::Object(body))?;
+    // TF Serving drops the name of a single output; keyed predictions need named fields.
+    let bare = keyed.outputs.len() == 1 && keyed.keys.iter().all(Option::is_none);
+    let body = PredictResponse {
+        predictions: (!columnar).then_some(RowPredictions {
+            keyed: &keyed,
+            bare,
+        }),
+        outputs: columnar.then_some(ColumnarOutputs {
+            keyed: &keyed,
+            bare,
+        }),
+        warnings: &keyed.warnings,
+    };
+    let mut response = json_ok(&body)?;
     response.headers_mut().insert(
         super::VERSION_HEADER,
         axum::http::HeaderValue::from(version_answered),
     );
     Ok(response)
+}
+
+/// A `:predict` response, serialized straight from the output tensors (f32 stays f32).
+#[derive(Serialize)]
+struct PredictResponse<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predictions: Option<RowPredictions<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<ColumnarOutputs<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+/// Row format: one entry per instance, a bare value when `bare`.
+struct RowPredictions<'a> {
+    keyed: &'a KeyedPredictions,
+    bare: bool,
+}
+
+impl Serialize for RowPredictions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let rows = self.keyed.len();
+        let mut seq = serializer.serialize_seq(Some(rows))?;
+        for row in 0..rows {
+            if self.bare {
+                seq.serialize_element(&RowView {
+                    tensor: &self.keyed.outputs[0].1,
+                    row,
+                })?;
+            } else {
+                seq.serialize_element(&self.keyed.row(row))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Columnar format: one tensor per output (plus the keys), a bare tensor when `bare`.
+struct ColumnarOutputs<'a> {
+    keyed: &'a KeyedPredictions,
+    bare: bool,
+}
+
+impl Serialize for ColumnarOutputs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.bare {
+            return TensorView(&self.keyed.outputs[0].1).serialize(serializer);
+        }
+        let mut map = serializer.serialize_map(None)?;
+        if self.keyed.keys.iter().any(Option::is_some) {
+            map.serialize_entry(&self.keyed.key_name, &self.keyed.keys)?;
+        }
+        for (name, tensor) in &self.keyed.outputs {
+            map.serialize_entry(name, &TensorView(tensor))?;
+        }
+        map.end()
+    }
 }
 
 /// Columnar `inputs` (one tensor per input, axis 0 = instance) as row instances.
