@@ -196,7 +196,11 @@ async fn repository_unload(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Response> {
-    state.inferencer.store().unload_model(&model)?;
+    // Waits for any reconciliation in progress, so it runs off the async threads like a load.
+    let store = state.inferencer.store_handle();
+    tokio::task::spawn_blocking(move || store.unload_model(&model))
+        .await
+        .map_err(|e| ServerError::Unavailable(format!("unload task failed: {e}")))??;
     json_ok(&json!({}))
 }
 
