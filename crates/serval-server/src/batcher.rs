@@ -69,6 +69,12 @@ struct Entry {
     _admission: Arc<Admission>,
 }
 
+/// An entry whose inputs went to the engine: where to send its rows.
+struct Waiting {
+    reply: oneshot::Sender<Reply>,
+    _admission: Arc<Admission>,
+}
+
 struct Admission {
     _count: OwnedSemaphorePermit,
     _kib: OwnedSemaphorePermit,
@@ -275,13 +281,29 @@ impl Queue {
         }
         let sizes: Vec<usize> = batch.iter().map(|e| e.inputs.rows()).collect();
         let total: usize = sizes.iter().sum();
-        let res = if batch.len() == 1 {
-            model.run(batch[0].inputs.clone())
-        } else {
-            let parts: Vec<ValidInputs> = batch.iter().map(|e| e.inputs.clone()).collect();
-            ValidInputs::concat(&parts)
-                .map_err(serval_core::Error::from)
-                .and_then(|all| model.run(all))
+        // Move the inputs out (the replies and admission permits stay with the entries), so a
+        // lone request runs without copying its tensors.
+        let (mut inputs, waiting): (Vec<ValidInputs>, Vec<Waiting>) = batch
+            .into_iter()
+            .map(|e| {
+                (
+                    e.inputs,
+                    Waiting {
+                        reply: e.reply,
+                        _admission: e._admission,
+                    },
+                )
+            })
+            .unzip();
+        let res = match inputs.pop() {
+            Some(only) if inputs.is_empty() => model.run(only),
+            Some(last) => {
+                inputs.push(last);
+                ValidInputs::concat(&inputs)
+                    .map_err(serval_core::Error::from)
+                    .and_then(|all| model.run(all))
+            }
+            None => return,
         };
         let compute = started.elapsed();
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +317,7 @@ impl Queue {
         match res {
             Ok(outputs) => {
                 let mut offset = 0;
-                for (entry, rows) in batch.into_iter().zip(sizes) {
+                for (entry, rows) in waiting.into_iter().zip(sizes) {
                     let mine = outputs
                         .iter()
                         .map(|(n, t)| (n.clone(), t.slice_rows(offset, offset + rows)))
@@ -306,7 +328,7 @@ impl Queue {
                 }
             }
             Err(err) => {
-                for entry in batch {
+                for entry in waiting {
                     self.stats.failure.fetch_add(1, Ordering::Relaxed);
                     let _ = entry.reply.send(Err(err.clone().into()));
                 }
