@@ -183,6 +183,7 @@ impl GrpcInferenceService for InferenceService {
                 },
             })
             .await?;
+        let key_tensor = response.key_tensor();
         let mut outputs = response.outputs;
         if !r.outputs.is_empty() {
             if let Some(unknown) = r
@@ -198,9 +199,7 @@ impl GrpcInferenceService for InferenceService {
             }
             outputs.retain(|(n, _)| r.outputs.iter().any(|o| &o.name == n));
         }
-        if let Some(keys) = response.keys {
-            let tensor = Tensor::new(vec![keys.len()], TensorData::Bytes(keys))
-                .map_err(|e| ServerError::from(serval_core::Error::from(e)))?;
+        if let Some(tensor) = key_tensor {
             outputs.push((key_name, tensor));
         }
         let raw_output_contents = outputs.iter().map(|(_, t)| codec::encode_raw(t)).collect();

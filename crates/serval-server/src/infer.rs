@@ -40,10 +40,19 @@ pub struct InferResponse {
     pub version: u64,
     /// The model's key field name.
     pub key_name: String,
-    /// Per-instance keys (client's, or minted), `None` when the request had none and minting is off.
-    pub keys: Option<Vec<String>>,
+    /// Each instance's key: the client's, else a minted one; `None` only when minting is off.
+    pub keys: Vec<Option<String>>,
     /// Signature outputs, one row per instance.
     pub outputs: Vec<(String, Tensor)>,
+}
+
+impl InferResponse {
+    /// The keys as a BYTES tensor `[N]` (the v2 protocols' key output), when every instance has one.
+    pub fn key_tensor(&self) -> Option<Tensor> {
+        let keys: Vec<String> = self.keys.iter().cloned().collect::<Option<_>>()?;
+        let tensor = Tensor::new(vec![keys.len()], TensorData::Bytes(keys));
+        Some(tensor.expect("one key per element of shape [N]. This is a bug."))
+    }
 }
 
 /// Shared handle used by every protocol.
@@ -144,28 +153,30 @@ impl Inferencer {
     }
 }
 
-/// Keeps client keys untouched and mints a UUIDv7 for every instance without one.
+/// Keeps client keys untouched and, when `mint` is on, mints a UUIDv7 for every instance without
+/// one. With minting off a missing key stays missing: the server never invents a key's value.
 fn finish_keys(
     keys: Option<Vec<Option<String>>>,
     rows: usize,
     mint: bool,
-) -> Result<Option<Vec<String>>> {
-    match keys {
-        Some(keys) if keys.len() != rows => Err(ServerError::BadRequest(format!(
+) -> Result<Vec<Option<String>>> {
+    let keys = keys.unwrap_or_else(|| vec![None; rows]);
+    if keys.len() != rows {
+        return Err(ServerError::BadRequest(format!(
             "{} keys for {rows} instances: send one key per instance",
             keys.len()
-        ))),
-        Some(keys) if mint || keys.iter().all(Option::is_some) => Ok(Some(
-            keys.into_iter()
-                .map(|k| k.unwrap_or_else(mint_key))
-                .collect(),
-        )),
-        Some(keys) => Ok(Some(
-            keys.into_iter().map(Option::unwrap_or_default).collect(),
-        )),
-        None if mint => Ok(Some((0..rows).map(|_| mint_key()).collect())),
-        None => Ok(None),
+        )));
     }
+    Ok(keys
+        .into_iter()
+        .map(|k| {
+            if mint {
+                Some(k.unwrap_or_else(mint_key))
+            } else {
+                k
+            }
+        })
+        .collect())
 }
 
 fn mint_key() -> String {
@@ -193,5 +204,54 @@ pub fn take_key_tensor(
             "key tensor '{key_name}' must be BYTES (strings), got {}",
             other.data_type()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_are_kept_and_missing_ones_minted() {
+        let keys = finish_keys(Some(vec![Some("a".into()), None]), 2, true).unwrap();
+        assert_eq!(keys[0].as_deref(), Some("a"));
+        let minted = keys[1].as_deref().expect("a minted key");
+        assert_eq!(uuid::Uuid::parse_str(minted).unwrap().get_version_num(), 7);
+    }
+
+    #[test]
+    fn without_minting_a_missing_key_stays_missing() {
+        let keys = finish_keys(Some(vec![Some("a".into()), None]), 2, false).unwrap();
+        assert_eq!(keys, vec![Some("a".to_owned()), None]);
+        assert_eq!(finish_keys(None, 3, false).unwrap(), vec![None, None, None]);
+    }
+
+    #[test]
+    fn key_count_must_match_instances() {
+        let err = finish_keys(Some(vec![Some("a".into())]), 2, true).unwrap_err();
+        assert!(err.to_string().contains("1 keys for 2 instances"), "{err}");
+    }
+
+    #[test]
+    fn key_tensor_needs_every_key() {
+        let response = |keys| InferResponse {
+            model: "m".into(),
+            version: 1,
+            key_name: "key".into(),
+            keys,
+            outputs: vec![],
+        };
+        assert!(
+            response(vec![Some("a".into()), None])
+                .key_tensor()
+                .is_none()
+        );
+        let tensor = response(vec![Some("a".into()), Some("b".into())])
+            .key_tensor()
+            .unwrap();
+        assert_eq!(
+            tensor.data(),
+            &TensorData::Bytes(vec!["a".into(), "b".into()])
+        );
     }
 }

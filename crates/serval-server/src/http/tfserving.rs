@@ -173,7 +173,6 @@ async fn post_model(
     check_instances(instances.len(), &state.limits)?;
     let decoded =
         decode_instances(signature, &key_name, &instances).map_err(serval_core::Error::from)?;
-    let has_client_keys = decoded.keys.iter().any(Option::is_some);
     let response = state
         .inferencer
         .infer(InferRequest {
@@ -181,19 +180,15 @@ async fn post_model(
             version: target.version,
             signature: Some(signature.name.clone()),
             inputs: decoded.inputs,
-            keys: has_client_keys.then_some(decoded.keys),
+            keys: Some(decoded.keys),
             protocol: "tfserving",
             timeout: header_timeout(&headers)?,
         })
         .await?;
-    let n = instances.len();
     let version_answered = response.version;
     let keyed = KeyedPredictions {
         key_name: response.key_name,
-        keys: response
-            .keys
-            .map(|keys| keys.into_iter().map(Some).collect())
-            .unwrap_or_else(|| vec![None; n]),
+        keys: response.keys,
         outputs: response.outputs,
         warnings: decoded.warnings,
     };

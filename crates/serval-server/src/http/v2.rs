@@ -459,13 +459,7 @@ async fn run_infer(
             },
         })
         .await?;
-    let key_tensor = match response.keys {
-        Some(keys) => Some(
-            Tensor::new(vec![keys.len()], serval_core::TensorData::Bytes(keys))
-                .map_err(serval_core::Error::from)?,
-        ),
-        None => None,
-    };
+    let key_tensor = response.key_tensor();
     let mut outputs: Vec<(&str, &Tensor)> = response
         .outputs
         .iter()
