@@ -35,19 +35,16 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{model}", get(model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(model_metadata_versioned),
-        )
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready_versioned),
+            get(model_ready),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(model_config_versioned),
+            get(model_config),
         )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
@@ -59,13 +56,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/stats",
-            get(model_stats_versioned),
+            get(model_stats),
         )
         .route("/v2/models/{model}/infer", post(infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_versioned),
-        )
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
 }
 
 /// What `GET /v2` answers (shared with gRPC `ServerMetadata`).
@@ -73,6 +67,7 @@ pub fn server_extensions() -> Vec<&'static str> {
     vec![
         "binary_tensor_data",
         "model_configuration",
+        "model_repository",
         "statistics",
         "schedule_policy",
     ]
@@ -119,15 +114,18 @@ pub(crate) fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
         .collect()
 }
 
-async fn model_metadata(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
-    metadata(&state, &model, None)
+/// `/v2/models/{model}[/versions/{version}]/...`: the version is optional in every model route.
+#[derive(Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
 }
 
-async fn model_metadata_versioned(
-    state: State<AppState>,
-    Path((model, version)): Path<(String, String)>,
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(p): Path<ModelPath>,
 ) -> Result<Response> {
-    metadata(&state, &model, Some(&version))
+    metadata(&state, &p.model, p.version.as_deref())
 }
 
 fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Response> {
@@ -143,28 +141,13 @@ fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Resp
     }))
 }
 
-async fn model_ready(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
-    resolve(&state, &model, None)?;
-    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
+async fn model_ready(State(state): State<AppState>, Path(p): Path<ModelPath>) -> Result<Response> {
+    resolve(&state, &p.model, p.version.as_deref())?;
+    Ok(axum::Json(json!({"name": p.model, "ready": true})).into_response())
 }
 
-async fn model_ready_versioned(
-    state: State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response> {
-    resolve(&state, &model, Some(&version))?;
-    Ok(axum::Json(json!({"name": model, "ready": true})).into_response())
-}
-
-async fn model_config(state: State<AppState>, Path(model): Path<String>) -> Result<Response> {
-    config(&state, &model, None)
-}
-
-async fn model_config_versioned(
-    state: State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response> {
-    config(&state, &model, Some(&version))
+async fn model_config(State(state): State<AppState>, Path(p): Path<ModelPath>) -> Result<Response> {
+    config(&state, &p.model, p.version.as_deref())
 }
 
 /// Triton's model repository extension: every version and its state.
@@ -215,22 +198,23 @@ async fn all_stats(State(state): State<AppState>) -> Result<Response> {
     json_ok(&json!({ "model_stats": stats }))
 }
 
-async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response> {
-    let served_model = state.inferencer.store().model(&model)?;
-    let stats: Vec<Value> = served_model
-        .versions
-        .values()
-        .map(|v| version_stats(&model, v))
-        .collect();
+/// Statistics of every loaded version, or of the one named.
+async fn model_stats(State(state): State<AppState>, Path(p): Path<ModelPath>) -> Result<Response> {
+    let stats: Vec<Value> = match p.version.as_deref() {
+        None => {
+            let served_model = state.inferencer.store().model(&p.model)?;
+            served_model
+                .versions
+                .values()
+                .map(|v| version_stats(&p.model, v))
+                .collect()
+        }
+        version => {
+            let served = resolve(&state, &p.model, version)?;
+            vec![version_stats(&p.model, &served)]
+        }
+    };
     json_ok(&json!({ "model_stats": stats }))
-}
-
-async fn model_stats_versioned(
-    state: State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response> {
-    let served = resolve(&state, &model, Some(&version))?;
-    json_ok(&json!({ "model_stats": [version_stats(&model, &served)] }))
 }
 
 /// Triton's statistics extension for one version, plus its memory footprint and queue depth.
@@ -334,27 +318,8 @@ struct OutputTensor<'a> {
 }
 
 async fn infer(
-    state: State<AppState>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    run_infer(state, model, None, headers, body).await
-}
-
-async fn infer_versioned(
-    state: State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    run_infer(state, model, Some(version), headers, body).await
-}
-
-async fn run_infer(
     State(state): State<AppState>,
-    model: String,
-    version: Option<String>,
+    Path(ModelPath { model, version }): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
