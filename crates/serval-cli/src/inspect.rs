@@ -39,7 +39,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         emit(&format!("{}\n", serde_json::to_string_pretty(&described)?))?;
     } else {
         for model in &models {
-            emit(&describe_text(model))?;
+            emit(&describe_text(model)?)?;
         }
     }
     Ok(())
@@ -80,7 +80,7 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn describe_text(model: &Model) -> String {
+fn describe_text(model: &Model) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
     let cfg = model.config();
@@ -134,12 +134,8 @@ fn describe_text(model: &Model) -> String {
             );
         }
         for step in &signature.postprocess {
-            let _ = writeln!(
-                out,
-                "    postprocess: {}",
-                serde_json::to_string(step).unwrap_or_default()
-            );
+            let _ = writeln!(out, "    postprocess: {}", serde_json::to_string(step)?);
         }
     }
-    out
+    Ok(out)
 }

@@ -87,7 +87,12 @@ fn post(base: &str, path: &str) -> anyhow::Result<ureq::Body> {
     if status.is_success() {
         return Ok(body);
     }
-    let text = body.read_to_string().unwrap_or_default();
+    let text = body.read_to_string().map_err(|e| {
+        anyhow::anyhow!(
+            "{url}: {} and the error body is unreadable: {e}",
+            status.as_u16()
+        )
+    })?;
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))

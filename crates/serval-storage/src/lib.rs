@@ -159,6 +159,7 @@ impl RemoteRepository {
             .await
             .map_err(|e| cache_error(&self.local_dir, e))?;
         let manifest_path = self.local_dir.join(MANIFEST);
+        // An unreadable manifest only costs a full re-download, never a wrong file.
         let mut manifest: BTreeMap<String, Stamp> = match tokio::fs::read(&manifest_path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => BTreeMap::new(),
