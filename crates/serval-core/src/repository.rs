@@ -124,7 +124,14 @@ impl ModelRepository {
             .collect()
     }
 
-    fn load_version(&self, model: &str, version: u64, config: Arc<ModelConfig>) -> Result<Model> {
+    /// Loads one version under an already-read config (callers that compare configs, like the
+    /// server's reconciliation, load exactly what they compared).
+    pub fn load_version(
+        &self,
+        model: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+    ) -> Result<Model> {
         let ort_status = backend::ort_status(self.options.ort_library.as_deref());
         let default_instances = self
             .options

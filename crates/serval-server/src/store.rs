@@ -397,6 +397,7 @@ impl ModelStore {
             _ => (desired, usize::MAX),
         };
         let config_changed = current.is_some_and(|m| m.config != config);
+        let shared_config = Arc::new(config.clone());
         let mut versions = BTreeMap::new();
         for version in candidates {
             if versions.len() >= wanted {
@@ -423,7 +424,7 @@ impl ModelStore {
                     .insert((name.to_owned(), version), fingerprint);
                 continue;
             }
-            match self.load_version(name, version, fingerprint.clone()) {
+            match self.load_version(name, version, shared_config.clone(), fingerprint.clone()) {
                 Ok(served) => {
                     versions.insert(version, Arc::new(served));
                 }
@@ -475,10 +476,11 @@ impl ModelStore {
         &self,
         name: &str,
         version: u64,
+        config: Arc<ModelConfig>,
         fingerprint: Fingerprint,
     ) -> serval_core::Result<ServedVersion> {
         let rss_before = resident_bytes();
-        let model = Arc::new(self.repository.load(name, Some(version))?);
+        let model = Arc::new(self.repository.load_version(name, version, config)?);
         warm_up(&model)?;
         let rss_bytes_at_load = resident_bytes().saturating_sub(rss_before);
         let workers = model
