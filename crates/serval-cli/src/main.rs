@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serval_core::{ModelRepository, RepositoryOptions};
 use serval_storage::RemoteRepository;
 
+mod batch;
 mod inspect;
 mod models;
 mod predict;
@@ -29,6 +30,10 @@ enum Command {
     /// List, load or unload models on a running server (Triton's repository API).
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Predict a whole dataset (Parquet, CSV, JSON Lines; local or object storage) into files, like ML.PREDICT.
+    Batch(batch::BatchArgs),
+    /// Run SQL with `predict(...)` over files and object-store URLs.
+    Sql(batch::SqlArgs),
     /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
     Inspect(inspect::InspectArgs),
 }
@@ -103,6 +108,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Models(command) => models::run(command),
+        Command::Batch(args) => batch::run(args),
+        Command::Sql(args) => batch::run_sql(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

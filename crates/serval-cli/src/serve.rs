@@ -1,6 +1,7 @@
 //! `serval serve`: the online server.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -41,6 +42,19 @@ pub struct ServeArgs {
     /// Per-request deadline in milliseconds, queueing included (504 beyond).
     #[arg(long, env = "SERVAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Answer requests whose keys a `serval batch` output holds from it: MODEL=DIR (Parquet
+    /// output with `_SUCCESS`; reloaded when a new one appears). Repeat for several models.
+    #[arg(long, value_name = "MODEL=DIR", value_parser = parse_mount)]
+    precomputed: Vec<(String, PathBuf)>,
+}
+
+fn parse_mount(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((model, dir)) if !model.is_empty() && !dir.is_empty() => {
+            Ok((model.to_owned(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("expected MODEL=DIR, got '{value}'")),
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -69,6 +83,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|_| {
                 anyhow::anyhow!("--poll-interval-secs must be a finite number of seconds")
             })?,
+        precomputed: args.precomputed,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod graph;
 pub mod instances;
+pub mod manifest;
 pub mod model;
 mod postprocess;
 pub mod repository;

@@ -213,11 +213,23 @@ impl GrpcInferenceService for InferenceService {
                 contents: None,
             })
             .collect();
+        let parameters = response
+            .precomputed_at
+            .iter()
+            .map(|at| {
+                let value = InferParameter {
+                    parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(
+                        at.clone(),
+                    )),
+                };
+                ("precomputed_at".to_owned(), value)
+            })
+            .collect();
         Ok(Response::new(ModelInferResponse {
             model_name: r.model_name,
             model_version: response.version.to_string(),
             id: r.id,
-            parameters: HashMap::new(),
+            parameters,
             outputs,
             raw_output_contents,
         }))

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Result, ServerError};
 use crate::metrics;
+use crate::precomputed::PrecomputedTables;
 use crate::store::{ModelStore, VersionSelector};
 
 /// A decoded request, independent of protocol.
@@ -44,6 +45,8 @@ pub struct InferResponse {
     pub keys: Vec<Option<String>>,
     /// Signature outputs, one row per instance.
     pub outputs: Vec<(String, Tensor)>,
+    /// When the outputs come from a batch job's table: the job's finish time (RFC 3339).
+    pub precomputed_at: Option<String>,
 }
 
 impl InferResponse {
@@ -62,6 +65,7 @@ pub struct Inferencer {
     timeout: Duration,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    precomputed: Arc<PrecomputedTables>,
 }
 
 impl Inferencer {
@@ -73,7 +77,14 @@ impl Inferencer {
             timeout,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            precomputed: Arc::new(PrecomputedTables::default()),
         }
+    }
+
+    /// Answers requests whose keys are in these tables from them instead of the models.
+    pub fn with_precomputed(mut self, tables: Arc<PrecomputedTables>) -> Inferencer {
+        self.precomputed = tables;
+        self
     }
 
     /// Admits one more request into the server, or refuses at once when the limit is reached.
@@ -135,6 +146,19 @@ impl Inferencer {
             .model
             .validate(request.signature.as_deref(), request.inputs)?;
         let keys = finish_keys(request.keys, valid.rows(), model_cfg.mint_keys)?;
+        if let Some(table) = self.precomputed.table(&request.model) {
+            let signature = served.model.signature(Some(valid.signature()))?;
+            if let Some(outputs) = table.lookup(version, signature, &keys) {
+                return Ok(InferResponse {
+                    model: request.model,
+                    version,
+                    key_name: model_cfg.key.clone(),
+                    keys,
+                    outputs,
+                    precomputed_at: Some(table.manifest().finished_at.clone()),
+                });
+            }
+        }
         let timeout = request
             .timeout
             .map_or(self.timeout, |t| t.min(self.timeout));
@@ -149,6 +173,7 @@ impl Inferencer {
             key_name: model_cfg.key.clone(),
             keys,
             outputs,
+            precomputed_at: None,
         })
     }
 }
@@ -240,6 +265,7 @@ mod tests {
             key_name: "key".into(),
             keys,
             outputs: vec![],
+            precomputed_at: None,
         };
         assert!(
             response(vec![Some("a".into()), None])

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod metrics;
+pub mod precomputed;
 pub mod store;
 pub mod watch;
 
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How often to re-scan the repository (besides file notifications); `None` never reloads.
     pub poll_interval: Option<Duration>,
+    /// Batch outputs answering requests by key: (model, directory).
+    pub precomputed: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -47,11 +50,24 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(store::ModelStore::load(repository.clone())?);
     let handle = metrics::install().map_err(ServeError::Metrics)?;
+    if let Some((model, _)) = config
+        .precomputed
+        .iter()
+        .find(|(m, _)| store.model(m).is_err())
+    {
+        return Err(ServeError::Precomputed(format!(
+            "--precomputed names model '{model}', which the repository does not serve"
+        )));
+    }
+    let tables = Arc::new(precomputed::PrecomputedTables::mount(
+        config.precomputed.clone(),
+    ));
     let inferencer = infer::Inferencer::new(
         store.clone(),
         config.request_timeout,
         config.limits.max_concurrent_requests,
-    );
+    )
+    .with_precomputed(tables.clone());
     let state = http::AppState {
         inferencer: inferencer.clone(),
         limits: config.limits,
@@ -79,6 +95,15 @@ pub async fn serve(
     });
     if let Some(poll) = config.poll_interval {
         tokio::spawn(watch::run(store, poll, stop_rx.clone()));
+        if !tables.is_empty() {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(poll).await;
+                    let tables = tables.clone();
+                    let _ = tokio::task::spawn_blocking(move || tables.refresh()).await;
+                }
+            });
+        }
     }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&stop| stop).await;
@@ -125,6 +150,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(String),
+    /// A precomputed table is mounted for a model that is not served.
+    #[error("{0}")]
+    Precomputed(String),
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),

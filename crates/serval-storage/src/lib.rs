@@ -59,6 +59,42 @@ pub struct SyncReport {
     pub unchanged: usize,
 }
 
+/// The object store a `s3://`, `s3a://`, `gs://` or `az://`/`abfs://` URL names, configured from
+/// the environment; `None` for local paths.
+pub fn object_store_for_url(location: &str) -> Result<Option<Arc<dyn ObjectStore>>, StorageError> {
+    let Ok(url) = Url::parse(location) else {
+        return Ok(None);
+    };
+    fn shared<S: ObjectStore>(
+        built: object_store::Result<S>,
+    ) -> object_store::Result<Arc<dyn ObjectStore>> {
+        built.map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    }
+    let built = match url.scheme() {
+        "s3" | "s3a" => shared(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(location)
+                .build(),
+        ),
+        "gs" => shared(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(location)
+                .build(),
+        ),
+        "az" | "abfs" | "abfss" | "adl" => shared(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(location)
+                .build(),
+        ),
+        // A one-letter scheme is a Windows drive; `file:` and friends are local paths.
+        _ => return Ok(None),
+    };
+    built.map(Some).map_err(|source| StorageError::Store {
+        url: location.to_owned(),
+        source,
+    })
+}
+
 /// A repository in object storage and its local mirror.
 pub struct RemoteRepository {
     url: String,
@@ -86,41 +122,14 @@ impl RemoteRepository {
         location: &str,
         cache_root: &Path,
     ) -> Result<Option<RemoteRepository>, StorageError> {
-        let Ok(url) = Url::parse(location) else {
-            return Ok(None);
-        };
         let bad = |reason: &str| StorageError::BadUrl {
             url: location.to_owned(),
             reason: reason.to_owned(),
         };
-        fn shared<S: ObjectStore>(
-            built: object_store::Result<S>,
-        ) -> object_store::Result<Arc<dyn ObjectStore>> {
-            built.map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-        }
-        let built = match url.scheme() {
-            "s3" | "s3a" => shared(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(location)
-                    .build(),
-            ),
-            "gs" => shared(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(location)
-                    .build(),
-            ),
-            "az" | "abfs" | "abfss" | "adl" => shared(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(location)
-                    .build(),
-            ),
-            // A one-letter scheme is a Windows drive; `file:` and friends are local paths.
-            _ => return Ok(None),
+        let Some(store) = object_store_for_url(location)? else {
+            return Ok(None);
         };
-        let store = built.map_err(|source| StorageError::Store {
-            url: location.to_owned(),
-            source,
-        })?;
+        let url = Url::parse(location).map_err(|e| bad(&e.to_string()))?;
         let bucket = url.host_str().ok_or_else(|| bad("no bucket name"))?;
         let prefix = ObjectPath::from(url.path().trim_matches('/'));
         let mut local_dir = cache_root.join(url.scheme()).join(bucket);

@@ -165,6 +165,20 @@ pub(crate) fn check_instances(rows: usize, limits: &Limits) -> Result<()> {
 /// Response header naming the version that answered (TF Serving's body has no place for it).
 pub const VERSION_HEADER: &str = "serval-model-version";
 
+/// Response header marking an answer taken from a batch job's precomputed table: the job's
+/// finish time (RFC 3339), i.e. how old the predictions are.
+pub const PRECOMPUTED_HEADER: &str = "serval-precomputed-at";
+
+/// Adds [`PRECOMPUTED_HEADER`] when the answer was precomputed.
+pub(crate) fn mark_precomputed(
+    response: &mut axum::response::Response,
+    precomputed_at: Option<&str>,
+) {
+    if let Some(value) = precomputed_at.and_then(|at| axum::http::HeaderValue::from_str(at).ok()) {
+        response.headers_mut().insert(PRECOMPUTED_HEADER, value);
+    }
+}
+
 /// Header carrying a client's deadline in milliseconds (capped by the server's own).
 pub const TIMEOUT_HEADER: &str = "serval-timeout-ms";
 

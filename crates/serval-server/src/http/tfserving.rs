@@ -186,6 +186,7 @@ async fn post_model(
         })
         .await?;
     let version_answered = response.version;
+    let precomputed_at = response.precomputed_at;
     let keyed = KeyedPredictions {
         key_name: response.key_name,
         keys: response.keys,
@@ -210,6 +211,7 @@ async fn post_model(
         super::VERSION_HEADER,
         axum::http::HeaderValue::from(version_answered),
     );
+    super::mark_precomputed(&mut response, precomputed_at.as_deref());
     Ok(response)
 }
 

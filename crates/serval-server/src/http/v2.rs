@@ -492,6 +492,9 @@ async fn infer(
         "model_version": response.version.to_string(),
         "outputs": encoded,
     });
+    if let Some(at) = &response.precomputed_at {
+        header_json["parameters"] = json!({ "precomputed_at": at });
+    }
     // OIP: `id` is an optional string, echoed only when the request had one (never `null`).
     if let Some(id) = request.id {
         header_json["id"] = Value::String(id);
@@ -499,7 +502,9 @@ async fn infer(
     let mut body = serde_json::to_vec(&header_json)
         .map_err(|e| ServerError::BadRequest(format!("cannot encode response: {e}")))?;
     if tail.is_empty() {
-        return Ok(json_bytes(StatusCode::OK, body));
+        let mut res = json_bytes(StatusCode::OK, body);
+        super::mark_precomputed(&mut res, response.precomputed_at.as_deref());
+        return Ok(res);
     }
     let json_len = body.len();
     body.extend_from_slice(&tail);
@@ -510,5 +515,6 @@ async fn infer(
     );
     res.headers_mut()
         .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    super::mark_precomputed(&mut res, response.precomputed_at.as_deref());
     Ok(res)
 }

@@ -1,0 +1,558 @@
+//! `serval batch`: one model over one input (files, globs, object-store URLs), like BigQuery's
+//! `ML.PREDICT(MODEL m, TABLE t)`: every input column (or the key and chosen ones) plus one
+//! column per signature output.
+//!
+//! Output is committed the way Hadoop committers do it: DataFusion writes into
+//! `<output>/_temporary/<job>/` (directories starting with `_` are ignored by DataFusion and
+//! Spark readers), then each file is renamed to `<output>/part-<job>-<n>.<ext>` and the
+//! [`BatchManifest`] is written last as `_SUCCESS`. A crashed job leaves no file that looks
+//! complete: each file is itself written atomically by the object store, and no `_SUCCESS`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::common::DFSchema;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::FunctionRegistry;
+use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::logical_expr::{Expr, col, lit};
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::TryStreamExt;
+use serval_core::manifest::{BatchManifest, MANIFEST_FILE, PredictionColumn};
+use serval_core::{Model, Signature};
+
+use crate::udf::{ERROR_FIELD, OnError, PredictReport};
+use crate::{BatchError, ModelCatalog, SessionOptions, batch_session};
+
+/// A file format for input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+    /// JSON Lines: one object per line.
+    Jsonl,
+}
+
+impl FileFormat {
+    /// The format a file name's extension implies.
+    pub fn from_extension(name: &str) -> Option<FileFormat> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Some(FileFormat::Parquet),
+            "csv" => Some(FileFormat::Csv),
+            "jsonl" | "ndjson" | "json" => Some(FileFormat::Jsonl),
+            _ => None,
+        }
+    }
+
+    /// The extension files of this format are written with.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Parquet => "parquet",
+            FileFormat::Csv => "csv",
+            FileFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// What to predict and where to write it.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// Model name.
+    pub model: String,
+    /// Version number or label; the model's default when `None`.
+    pub version: Option<String>,
+    /// Signature; `serving_default` when `None`.
+    pub signature: Option<String>,
+    /// A file, a directory, a glob (`data/*.csv`) or an object-store URL.
+    pub input: String,
+    /// Input format; from the input's extension when `None`.
+    pub input_format: Option<FileFormat>,
+    /// Output directory or object-store URL.
+    pub output: String,
+    /// Output format.
+    pub format: FileFormat,
+    /// Key column; the model config's key field when `None`, minted when the input has neither.
+    pub key: Option<String>,
+    /// Input columns to copy to the output besides the key; all when `None`.
+    pub columns: Option<Vec<String>>,
+    /// Columns feeding the model, in order; when `None`, the column named like a single input,
+    /// else every numeric, boolean or list column except the key.
+    pub features: Option<Vec<String>>,
+    /// Replace an output that already holds files.
+    pub overwrite: bool,
+    /// Engine knobs and the row error policy.
+    pub session: SessionOptions,
+}
+
+/// A planned job: progress can be watched while [`BatchRun::execute`] runs.
+pub struct BatchRun {
+    ctx: SessionContext,
+    report: Arc<PredictReport>,
+    job: BatchJob,
+    model: Arc<Model>,
+    signature: Signature,
+    key_column: String,
+    predictions: Vec<PredictionColumn>,
+    expected_rows: Option<u64>,
+    plan: datafusion::dataframe::DataFrame,
+}
+
+impl BatchRun {
+    /// Reads the input's schema, resolves the key and feature columns and plans the query.
+    pub async fn plan(catalog: Arc<ModelCatalog>, job: BatchJob) -> Result<BatchRun, BatchError> {
+        let model = catalog.get(&job.model, job.version.as_deref())?;
+        let signature = model.signature(job.signature.as_deref())?.clone();
+        let (ctx, report) = batch_session(catalog, job.session);
+        let format = match job
+            .input_format
+            .or_else(|| FileFormat::from_extension(input_name(&job.input)))
+        {
+            Some(f) => f,
+            None => {
+                return Err(BatchError::Invalid(format!(
+                    "cannot tell the format of '{}' from its name; pass --input-format parquet|csv|jsonl",
+                    job.input
+                )));
+            }
+        };
+        register_table(&ctx, "input", &job.input, format).await?;
+        let input = ctx.table("input").await?;
+        let schema = input.schema().clone();
+        let expected_rows = match format {
+            // Parquet footers hold row counts: counting reads no data.
+            FileFormat::Parquet => Some(input.clone().count().await? as u64),
+            _ => None,
+        };
+
+        let config = model.config();
+        let mint = mint_key(&ctx)?;
+        let mint_missing = config.mint_keys.then(|| mint.clone());
+        let (key_column, key_expr) = match &job.key {
+            Some(key) => {
+                require_columns(&schema, std::slice::from_ref(key), "--key")?;
+                (key.clone(), key_expr(&schema, key, mint_missing))
+            }
+            None if schema.has_column_with_unqualified_name(&config.key) => (
+                config.key.clone(),
+                key_expr(&schema, &config.key, mint_missing),
+            ),
+            None => (config.key.clone(), Some(mint.alias(&config.key))),
+        };
+        let features = match &job.features {
+            Some(f) => {
+                require_columns(&schema, f, "--features")?;
+                f.clone()
+            }
+            None => default_features(&schema, &signature, &key_column),
+        };
+        if features.is_empty() {
+            return Err(BatchError::Invalid(format!(
+                "the input has no numeric columns to feed signature '{}' (inputs: {}); name them with --features",
+                signature.name,
+                signature.input_names()
+            )));
+        }
+        let kept: Vec<String> = match &job.columns {
+            Some(cols) => {
+                require_columns(&schema, cols, "--columns")?;
+                std::iter::once(key_column.clone())
+                    .chain(cols.iter().filter(|c| **c != key_column).cloned())
+                    .collect()
+            }
+            None => schema.fields().iter().map(|f| f.name().clone()).collect(),
+        };
+        let mut projection: Vec<Expr> = kept
+            .iter()
+            .map(|c| match (&key_expr, *c == key_column) {
+                (Some(e), true) => e.clone(),
+                _ => col(quoted(c)),
+            })
+            .collect();
+        if !schema.has_column_with_unqualified_name(&key_column) {
+            projection.insert(
+                0,
+                key_expr.clone().unwrap_or_else(|| col(quoted(&key_column))),
+            );
+        }
+        let output_names: Vec<String> = projection
+            .iter()
+            .map(|e| e.schema_name().to_string())
+            .collect();
+
+        let mut args = vec![lit(match &job.signature {
+            Some(s) => format!("{}:{s}", job.model),
+            None => job.model.clone(),
+        })];
+        args.push(lit(model.version().to_string()));
+        args.extend(features.iter().map(|f| col(quoted(f))));
+        let predict = ctx.udf("predict")?.call(args).alias(PREDICTION);
+        let plan = input.select(
+            projection
+                .iter()
+                .cloned()
+                .chain([predict])
+                .collect::<Vec<Expr>>(),
+        )?;
+        let predictions: Vec<PredictionColumn> = signature
+            .outputs
+            .iter()
+            .map(|o| PredictionColumn {
+                output: o.name.clone(),
+                column: if output_names.contains(&o.name) {
+                    format!("predicted_{}", o.name)
+                } else {
+                    o.name.clone()
+                },
+            })
+            .collect();
+        // Unnesting, not `get_field` per output: DataFusion merges a projection of fields into
+        // the one computing the struct, which would run the model once per output.
+        let mut plan = plan.unnest_columns(&[PREDICTION])?;
+        let field = |name: &str| col(quoted(&format!("{PREDICTION}.{name}")));
+        if job.session.on_error == OnError::Skip {
+            plan = plan.filter(field(ERROR_FIELD).is_null())?;
+        }
+        let mut outputs: Vec<Expr> = output_names.iter().map(|c| col(quoted(c))).collect();
+        outputs.extend(
+            predictions
+                .iter()
+                .map(|p| field(&p.output).alias(&p.column)),
+        );
+        if job.session.on_error == OnError::Null {
+            outputs.push(field(ERROR_FIELD).alias(ERROR_FIELD));
+        }
+        let plan = plan.select(outputs)?;
+        Ok(BatchRun {
+            ctx,
+            report,
+            job,
+            model,
+            signature,
+            key_column,
+            predictions,
+            expected_rows,
+            plan,
+        })
+    }
+
+    /// Counters `predict` updates as batches go through.
+    pub fn report(&self) -> Arc<PredictReport> {
+        self.report.clone()
+    }
+
+    /// Rows the input holds, when known without reading it (Parquet).
+    pub fn expected_rows(&self) -> Option<u64> {
+        self.expected_rows
+    }
+
+    /// The physical plan, for `--explain`.
+    pub async fn explain(&self) -> Result<String, BatchError> {
+        let plan = self.plan.clone().create_physical_plan().await?;
+        Ok(datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string())
+    }
+
+    /// Runs the job and commits its output; the manifest is what `_SUCCESS` now holds.
+    pub async fn execute(self) -> Result<BatchManifest, BatchError> {
+        let started_at = now_rfc3339();
+        let clock = Instant::now();
+        let job_id = uuid::Uuid::now_v7().simple().to_string();
+        let out = Output::open(&self.ctx, &self.job.output)?;
+        out.check_empty(self.job.overwrite).await?;
+        let staging = format!(
+            "{}/_temporary/{job_id}/",
+            self.job.output.trim_end_matches('/')
+        );
+        let options = DataFrameWriteOptions::new();
+        let written = match self.job.format {
+            FileFormat::Parquet => self.plan.write_parquet(&staging, options, None).await?,
+            FileFormat::Csv => self.plan.write_csv(&staging, options, None).await?,
+            FileFormat::Jsonl => self.plan.write_json(&staging, options, None).await?,
+        };
+        let rows_out = written
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            })
+            .map_or(0, |c| c.value(0));
+        let files = out
+            .commit(&job_id, self.job.format, self.job.overwrite)
+            .await?;
+        out.remove_local_staging(&job_id);
+        let manifest = BatchManifest {
+            model: self.model.name().to_owned(),
+            version: self.model.version(),
+            signature: self.signature.name.clone(),
+            key_column: self.key_column,
+            predictions: self.predictions,
+            format: self.job.format.extension().to_owned(),
+            files,
+            rows_in: self.report.rows(),
+            rows_out,
+            rows_failed: self.report.failed(),
+            started_at,
+            finished_at: now_rfc3339(),
+        };
+        out.write_manifest(&manifest).await?;
+        tracing::debug!(
+            seconds = clock.elapsed().as_secs_f64(),
+            "batch job committed"
+        );
+        Ok(manifest)
+    }
+}
+
+/// Name of the struct column `predict` fills before it is split into output columns.
+const PREDICTION: &str = "__serval_prediction";
+
+/// Column references are case-sensitive and may hold spaces ("mean radius").
+fn quoted(name: &str) -> datafusion::common::Column {
+    datafusion::common::Column::new_unqualified(name)
+}
+
+fn input_name(input: &str) -> &str {
+    input
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(input)
+}
+
+/// Registers a file, directory, glob or URL as table `name`.
+pub async fn register_table(
+    ctx: &SessionContext,
+    name: &str,
+    input: &str,
+    format: FileFormat,
+) -> Result<(), BatchError> {
+    // A named file keeps its own extension; directories and globs select by the format's.
+    let file = input_name(input);
+    let ext = match file.rsplit_once('.') {
+        Some((_, e)) if !file.contains(['*', '?', '[']) && !input.ends_with('/') => format!(".{e}"),
+        _ => format!(".{}", format.extension()),
+    };
+    match format {
+        FileFormat::Parquet => {
+            ctx.register_parquet(
+                name,
+                input,
+                ParquetReadOptions::default().file_extension(&ext),
+            )
+            .await?
+        }
+        FileFormat::Csv => {
+            ctx.register_csv(name, input, CsvReadOptions::new().file_extension(&ext))
+                .await?
+        }
+        FileFormat::Jsonl => {
+            ctx.register_json(name, input, JsonReadOptions::default().file_extension(&ext))
+                .await?
+        }
+    }
+    Ok(())
+}
+
+fn require_columns(schema: &DFSchema, wanted: &[String], flag: &str) -> Result<(), BatchError> {
+    match wanted
+        .iter()
+        .find(|c| !schema.has_column_with_unqualified_name(c))
+    {
+        None => Ok(()),
+        Some(missing) => Err(BatchError::Invalid(format!(
+            "{flag}: the input has no column '{missing}' (columns: {})",
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The key as written: string keys keep their value and get a minted one where null.
+fn key_expr(schema: &DFSchema, key: &str, mint: Option<Expr>) -> Option<Expr> {
+    use datafusion::arrow::datatypes::DataType as A;
+    let is_text = schema
+        .field_with_unqualified_name(key)
+        .is_ok_and(|f| matches!(f.data_type(), A::Utf8 | A::Utf8View | A::LargeUtf8));
+    let mint = mint.filter(|_| is_text)?;
+    Some(coalesce(vec![col(quoted(key)), mint]).alias(key))
+}
+
+fn mint_key(ctx: &SessionContext) -> Result<Expr, BatchError> {
+    Ok(ctx.udf("mint_key")?.call(vec![]))
+}
+
+/// The columns named like the signature's inputs; else, for a single input, every column but
+/// the key when that is exactly the number of values a row takes (dirty CSV columns read as
+/// text still feed the model, and their bad values fail only their rows), else every numeric,
+/// boolean or list column but the key, in schema order.
+fn default_features(schema: &DFSchema, signature: &Signature, key: &str) -> Vec<String> {
+    use datafusion::arrow::datatypes::DataType as A;
+    let names: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
+    let named: Vec<String> = names
+        .iter()
+        .filter(|n| schema.has_column_with_unqualified_name(n))
+        .map(|n| n.to_string())
+        .collect();
+    if named.len() == names.len() {
+        return named;
+    }
+    let others = schema.fields().iter().filter(|f| f.name() != key);
+    let row_len = match signature.inputs.as_slice() {
+        [only] => only
+            .shape
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .product::<Option<usize>>(),
+        _ => None,
+    };
+    if row_len.is_some_and(|n| n == others.clone().count()) {
+        return others.map(|f| f.name().clone()).collect();
+    }
+    others
+        .filter(|f| {
+            f.data_type().is_numeric()
+                || matches!(
+                    f.data_type(),
+                    A::Boolean | A::List(_) | A::LargeList(_) | A::FixedSizeList(..)
+                )
+        })
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The output location as an object store and prefix (local directories included).
+struct Output {
+    location: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// The directory, when the output is on the local file system.
+    local_dir: Option<std::path::PathBuf>,
+}
+
+impl Output {
+    fn open(ctx: &SessionContext, location: &str) -> Result<Output, BatchError> {
+        let dir = format!("{}/", location.trim_end_matches('/'));
+        let url = ListingTableUrl::parse(&dir)?;
+        let store = ctx.runtime_env().object_store(url.object_store())?;
+        // Object-store paths are relative to the root; `file://` URLs are absolute paths.
+        let local_dir = (url.scheme() == "file")
+            .then(|| std::path::PathBuf::from(format!("/{}", url.prefix())));
+        Ok(Output {
+            location: location.to_owned(),
+            store,
+            prefix: url.prefix().clone(),
+            local_dir,
+        })
+    }
+
+    fn error(&self, source: datafusion::object_store::Error) -> BatchError {
+        BatchError::Output {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    /// Top-level files (not `_temporary/`), by path.
+    async fn files(&self) -> Result<Vec<ObjectPath>, BatchError> {
+        let listing = self.store.list_with_delimiter(Some(&self.prefix)).await;
+        match listing {
+            Ok(l) => Ok(l.objects.into_iter().map(|o| o.location).collect()),
+            Err(datafusion::object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn check_empty(&self, overwrite: bool) -> Result<(), BatchError> {
+        let files = self.files().await?;
+        if files.is_empty() || overwrite {
+            return Ok(());
+        }
+        Err(BatchError::Invalid(format!(
+            "output '{}' already holds {} file(s); pass --overwrite to replace them",
+            self.location,
+            files.len()
+        )))
+    }
+
+    /// Moves the staged files into place under their final names, after removing the old
+    /// output (manifest first, so no reader sees a manifest naming missing files).
+    async fn commit(
+        &self,
+        job_id: &str,
+        format: FileFormat,
+        overwrite: bool,
+    ) -> Result<Vec<String>, BatchError> {
+        let staging = self.prefix.clone().join("_temporary").join(job_id);
+        let mut staged: Vec<ObjectPath> = self
+            .store
+            .list(Some(&staging))
+            .map_ok(|o| o.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        staged.sort();
+        if overwrite {
+            let manifest = self.prefix.clone().join(MANIFEST_FILE);
+            match self.store.delete(&manifest).await {
+                Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(e)),
+            }
+            for old in self.files().await? {
+                self.store.delete(&old).await.map_err(|e| self.error(e))?;
+            }
+        }
+        let short = &job_id[job_id.len().saturating_sub(8)..];
+        let mut names = Vec::with_capacity(staged.len());
+        for (n, from) in staged.iter().enumerate() {
+            let name = format!("part-{short}-{n:05}.{}", format.extension());
+            let to = self.prefix.clone().join(name.as_str());
+            self.store
+                .rename(from, &to)
+                .await
+                .map_err(|e| self.error(e))?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Object stores have no directories, but a local file system keeps the emptied staging
+    /// directories; remove them (best effort: another job may be staging beside this one).
+    fn remove_local_staging(&self, job_id: &str) {
+        if let Some(dir) = &self.local_dir {
+            let staging = dir.join("_temporary");
+            let _ = std::fs::remove_dir(staging.join(job_id));
+            let _ = std::fs::remove_dir(staging);
+        }
+    }
+
+    async fn write_manifest(&self, manifest: &BatchManifest) -> Result<(), BatchError> {
+        let body =
+            serde_json::to_vec_pretty(manifest).map_err(|e| BatchError::Invalid(e.to_string()))?;
+        self.store
+            .put(
+                &self.prefix.clone().join(MANIFEST_FILE),
+                PutPayload::from(body),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+}

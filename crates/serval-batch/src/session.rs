@@ -1,0 +1,100 @@
+//! DataFusion sessions with Serval's functions and object stores.
+
+use std::sync::Arc;
+
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::object_store::ObjectStore;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use url::Url;
+
+use crate::catalog::ModelCatalog;
+use crate::udf::{MintKeyUdf, OnError, PredictReport, PredictUdf};
+
+/// Knobs of a batch session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Partitions run at once (default: cores). Each runs the model on its own engine instance.
+    pub partitions: usize,
+    /// Rows per record batch, hence per model call.
+    pub batch_size: usize,
+    /// What `predict` does with rows it cannot predict.
+    pub on_error: OnError,
+}
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        SessionOptions {
+            partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            batch_size: 8192,
+            on_error: OnError::Fail,
+        }
+    }
+}
+
+/// A session where SQL can call `predict(...)` on `catalog`'s models and `mint_key()`, and read
+/// files and object-store URLs directly (`SELECT ... FROM 's3://bucket/data/*.parquet'`).
+///
+/// The report counts every row `predict` sees in this session.
+pub fn batch_session(
+    catalog: Arc<ModelCatalog>,
+    options: SessionOptions,
+) -> (SessionContext, Arc<PredictReport>) {
+    let config = SessionConfig::new()
+        .with_target_partitions(options.partitions.max(1))
+        .with_batch_size(options.batch_size.max(1))
+        .with_information_schema(true);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(LazyObjectStores::default()))
+        .build_arc()
+        .unwrap_or_else(|_| unreachable!("a runtime with default limits always builds"));
+    let ctx = SessionContext::new_with_config_rt(config, runtime).enable_url_table();
+    let report = Arc::new(PredictReport::default());
+    ctx.register_udf(PredictUdf::new(catalog, options.on_error, report.clone()).into_udf());
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        MintKeyUdf::default(),
+    ));
+    (ctx, report)
+}
+
+/// Object stores created from the environment the first time a URL names their bucket, so
+/// queries and jobs can use `s3://...` without registering anything.
+#[derive(Debug, Default)]
+struct LazyObjectStores {
+    known: DefaultObjectStoreRegistry,
+}
+
+impl ObjectStoreRegistry for LazyObjectStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        match serval_storage::object_store_for_url(url.as_str()) {
+            Ok(Some(store)) => {
+                self.known.register_store(url, store.clone());
+                Ok(store)
+            }
+            Ok(None) => self.known.get_store(url),
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+}
+
+/// Splits a script into statements (semicolons inside strings and comments are not separators).
+pub fn split_statements(sql: &str) -> Result<Vec<String>> {
+    let statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
+    Ok(statements.iter().map(ToString::to_string).collect())
+}

@@ -1,0 +1,268 @@
+//! `serval batch` and `serval sql`: batch serving on the embedded DataFusion engine.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serval_batch::{
+    BatchJob, BatchRun, FileFormat, ModelCatalog, OnError, PredictReport, SessionOptions,
+};
+
+use crate::RepositoryArgs;
+
+/// Arguments of `serval batch`.
+#[derive(Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// Model name.
+    model: String,
+    /// Input: a file, a directory, a glob (`data/*.csv`) or an object-store URL (s3://, gs://, az://).
+    #[arg(long, short)]
+    input: String,
+    /// Output directory or object-store URL; `_SUCCESS` is written there last.
+    #[arg(long, short)]
+    output: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "parquet")]
+    format: Format,
+    /// Input format (default: from the input's extension).
+    #[arg(long, value_enum)]
+    input_format: Option<Format>,
+    /// Key column carried to the output (default: the model's key field; minted when absent).
+    #[arg(long)]
+    key: Option<String>,
+    /// Input columns copied to the output besides the key (default: all).
+    #[arg(long, value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// Columns fed to the model, in order (default: the column named like the input, else every
+    /// numeric, boolean or list column except the key).
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// Version number or label (default: the model's default, else the highest served).
+    #[arg(long)]
+    version: Option<String>,
+    /// Signature (default: serving_default).
+    #[arg(long)]
+    signature: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Replace an output directory that already holds files.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the physical plan instead of running.
+    #[arg(long)]
+    explain: bool,
+}
+
+/// Knobs shared by `serval batch` and `serval sql`.
+#[derive(Args)]
+struct EngineArgs {
+    /// Rows that cannot be predicted: fail the job, skip them, or keep them with null predictions
+    /// and the reason in `serval_error`. Skipped and null rows are counted and reported.
+    #[arg(long, value_enum, default_value = "fail")]
+    on_error: OnErrorArg,
+    /// Partitions processed at once (default: cores).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Rows per record batch, hence per model call.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+}
+
+impl EngineArgs {
+    fn session(&self) -> SessionOptions {
+        let defaults = SessionOptions::default();
+        SessionOptions {
+            partitions: self.partitions.unwrap_or(defaults.partitions),
+            batch_size: self.batch_size as usize,
+            on_error: match self.on_error {
+                OnErrorArg::Fail => OnError::Fail,
+                OnErrorArg::Skip => OnError::Skip,
+                OnErrorArg::Null => OnError::Null,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Parquet,
+    Csv,
+    Jsonl,
+}
+
+impl From<Format> for FileFormat {
+    fn from(f: Format) -> FileFormat {
+        match f {
+            Format::Parquet => FileFormat::Parquet,
+            Format::Csv => FileFormat::Csv,
+            Format::Jsonl => FileFormat::Jsonl,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnErrorArg {
+    Fail,
+    Skip,
+    Null,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn run(args: BatchArgs) -> anyhow::Result<()> {
+    let catalog = Arc::new(ModelCatalog::new(args.repository.open()?));
+    let job = BatchJob {
+        model: args.model,
+        version: args.version,
+        signature: args.signature,
+        input: args.input,
+        input_format: args.input_format.map(FileFormat::from),
+        output: args.output.clone(),
+        format: args.format.into(),
+        key: args.key,
+        columns: args.columns,
+        features: args.features,
+        overwrite: args.overwrite,
+        session: args.engine.session(),
+    };
+    runtime()?.block_on(async move {
+        let run = BatchRun::plan(catalog, job).await?;
+        if args.explain {
+            println!("{}", run.explain().await?);
+            return Ok(());
+        }
+        let progress = Progress::start(run.report(), run.expected_rows());
+        let clock = Instant::now();
+        let result = run.execute().await;
+        let report = progress.finish();
+        let manifest = result?;
+        let seconds = clock.elapsed().as_secs_f64();
+        eprintln!(
+            "{} rows in, {} rows out, {} failed, {:.2} s ({:.0} rows/s); model {} version {}; {} file(s) in {}",
+            manifest.rows_in,
+            manifest.rows_out,
+            manifest.rows_failed,
+            seconds,
+            manifest.rows_in as f64 / seconds.max(1e-9),
+            manifest.model,
+            manifest.version,
+            manifest.files.len(),
+            args.output,
+        );
+        for reason in report.first_errors() {
+            eprintln!("  failed row: {reason}");
+        }
+        Ok(())
+    })
+}
+
+/// A progress bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    report: Arc<PredictReport>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Progress {
+    fn start(report: Arc<PredictReport>, expected: Option<u64>) -> Progress {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let watched = report.clone();
+        tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let bar = tty.then(|| {
+                let bar = match expected {
+                    Some(n) => indicatif::ProgressBar::new(n),
+                    None => indicatif::ProgressBar::new_spinner(),
+                };
+                let template = match expected {
+                    Some(_) => "{bar:40} {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+                    None => "{spinner} {human_pos} rows  {per_sec}",
+                };
+                if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                    bar.set_style(style);
+                }
+                bar
+            });
+            let tick = if tty {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(10)
+            };
+            let clock = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(tick) => {}
+                }
+                let rows = watched.rows();
+                match &bar {
+                    Some(bar) => bar.set_position(rows),
+                    None => tracing::info!(
+                        rows,
+                        failed = watched.failed(),
+                        rows_per_s = (rows as f64 / clock.elapsed().as_secs_f64()).round(),
+                        "batch progress"
+                    ),
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        });
+        Progress { report, stop }
+    }
+
+    fn finish(self) -> Arc<PredictReport> {
+        let _ = self.stop.send(true);
+        self.report
+    }
+}
+
+/// Arguments of `serval sql`.
+#[derive(Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// SQL statements separated by `;`. Files and object-store URLs can be queried directly
+    /// (`FROM 'data/*.parquet'`); `predict('model'[, 'version'], columns...)` returns a struct of
+    /// the model's outputs; `COPY (...) TO 'out/' STORED AS PARQUET` writes results.
+    query: String,
+    /// Register a table: NAME=PATH (file, directory, glob or URL; format from the extension).
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    tables: Vec<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
+    let catalog = Arc::new(ModelCatalog::new(args.repository.open()?));
+    runtime()?.block_on(async move {
+        let (ctx, report) = serval_batch::batch_session(catalog, args.engine.session());
+        for table in &args.tables {
+            let Some((name, path)) = table.split_once('=') else {
+                bail!("--table {table}: expected NAME=PATH");
+            };
+            let format = FileFormat::from_extension(path.trim_end_matches('/'))
+                .with_context(|| format!("--table {table}: cannot tell the format from the name (.parquet, .csv, .jsonl)"))?;
+            serval_batch::job::register_table(&ctx, name, path, format).await?;
+        }
+        for statement in serval_batch::session::split_statements(&args.query)? {
+            let frame = ctx.sql(&statement).await?;
+            frame.show().await?;
+        }
+        if report.failed() > 0 {
+            eprintln!("{} of {} rows could not be predicted", report.failed(), report.rows());
+            for reason in report.first_errors() {
+                eprintln!("  failed row: {reason}");
+            }
+        }
+        Ok(())
+    })
+}
