@@ -265,10 +265,10 @@ fn output_fields(signature: &ModelSignature) -> Fields {
 }
 
 /// Pairs each signature input with the columns feeding it.
-fn bind_inputs<'a>(
-    signature: &'a ModelSignature,
+fn bind_inputs(
+    signature: &ModelSignature,
     columns: Vec<FeatureColumn>,
-) -> Result<Vec<(&'a TensorSpec, Vec<FeatureColumn>)>> {
+) -> Result<Vec<(&TensorSpec, Vec<FeatureColumn>)>> {
     if let [only] = signature.inputs.as_slice() {
         return Ok(vec![(only, columns)]);
     }

@@ -145,7 +145,6 @@ async fn signatures_versions_and_struct_fields_are_selectable() {
     let err = ctx
         .sql(&predict_sql("breast_cancer_lr', '9", "t"))
         .await
-        .and_then(|_| Ok(()))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
