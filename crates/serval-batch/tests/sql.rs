@@ -216,6 +216,10 @@ fn job(input: &Path, output: &Path, on_error: OnError) -> BatchJob {
     }
 }
 
+async fn run_job(job: BatchJob) -> Result<BatchManifest, serval_batch::BatchError> {
+    BatchRun::plan(catalog(), job).await?.execute().await
+}
+
 fn read_output(ctx_dir: &Path) -> BatchManifest {
     serde_json::from_slice(&std::fs::read(ctx_dir.join(MANIFEST_FILE)).unwrap()).unwrap()
 }
@@ -224,17 +228,13 @@ fn read_output(ctx_dir: &Path) -> BatchManifest {
 async fn a_job_writes_every_row_once_with_its_key_and_a_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let run = BatchRun::plan(
-        catalog(),
-        job(
-            &examples().join("data/breast_cancer.csv"),
-            &out,
-            OnError::Fail,
-        ),
-    )
+    let manifest = run_job(job(
+        &examples().join("data/breast_cancer.csv"),
+        &out,
+        OnError::Fail,
+    ))
     .await
     .unwrap();
-    let manifest = run.execute().await.unwrap();
     assert_eq!(
         (manifest.rows_in, manifest.rows_out, manifest.rows_failed),
         (25, 25, 0)
@@ -277,17 +277,11 @@ async fn a_job_writes_every_row_once_with_its_key_and_a_manifest() {
     }
 
     // The output is not silently replaced.
-    let again = BatchRun::plan(
-        catalog(),
-        job(
-            &examples().join("data/breast_cancer.csv"),
-            &out,
-            OnError::Fail,
-        ),
-    )
-    .await
-    .unwrap()
-    .execute()
+    let again = run_job(job(
+        &examples().join("data/breast_cancer.csv"),
+        &out,
+        OnError::Fail,
+    ))
     .await
     .unwrap_err()
     .to_string();
@@ -299,42 +293,24 @@ async fn bad_rows_fail_skip_or_null_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_bad_csv(dir.path());
 
-    let err = BatchRun::plan(
-        catalog(),
-        job(&input, &dir.path().join("fail"), OnError::Fail),
-    )
-    .await
-    .unwrap()
-    .execute()
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = run_job(job(&input, &dir.path().join("fail"), OnError::Fail))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("'f1'") && err.contains("oops"), "{err}");
     assert!(!dir.path().join("fail").join(MANIFEST_FILE).exists());
 
-    let skipped = BatchRun::plan(
-        catalog(),
-        job(&input, &dir.path().join("skip"), OnError::Skip),
-    )
-    .await
-    .unwrap()
-    .execute()
-    .await
-    .unwrap();
+    let skipped = run_job(job(&input, &dir.path().join("skip"), OnError::Skip))
+        .await
+        .unwrap();
     assert_eq!(
         (skipped.rows_in, skipped.rows_out, skipped.rows_failed),
         (25, 23, 2)
     );
 
-    let nulled = BatchRun::plan(
-        catalog(),
-        job(&input, &dir.path().join("null"), OnError::Null),
-    )
-    .await
-    .unwrap()
-    .execute()
-    .await
-    .unwrap();
+    let nulled = run_job(job(&input, &dir.path().join("null"), OnError::Null))
+        .await
+        .unwrap();
     assert_eq!(
         (nulled.rows_in, nulled.rows_out, nulled.rows_failed),
         (25, 25, 2)
