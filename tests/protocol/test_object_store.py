@@ -4,67 +4,23 @@ in step as versions are uploaded and deleted."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from support import REPO, ServalServer
+from support import REPO, ServalServer, moto_s3
 
 MODEL = "iris_lr"
 ROW = [5.1, 3.5, 1.4, 0.2]
 BUCKET = "models"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = free_port()
-    proc = subprocess.Popen(
-        # `python -m` works whether or not pip's script directory is on PATH.
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            requests.get(endpoint, timeout=1)
-            break
-        except requests.RequestException:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto_server did not start")
-    import boto3
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ALLOW_HTTP": "true",
-    }
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield client, env
-    proc.terminate()
-    proc.wait(timeout=10)
+def s3():
+    with moto_s3(BUCKET) as (client, env):
+        yield client, env
 
 
 def upload_version(client, version: int) -> None:

@@ -11,11 +11,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::datatypes::DataType as ArrowType;
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::FunctionRegistry;
 use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::functions_nested::expr_fn::array_element;
 use datafusion::logical_expr::{Expr, col, lit};
 use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -149,7 +151,7 @@ impl BatchRun {
                 require_columns(&schema, f, "--features")?;
                 f.clone()
             }
-            None => default_features(&schema, &signature, &key_column),
+            None => default_features(&schema, &signature, &key_column, format)?,
         };
         if features.is_empty() {
             return Err(BatchError::Invalid(format!(
@@ -165,7 +167,17 @@ impl BatchRun {
                     .chain(cols.iter().filter(|c| **c != key_column).cloned())
                     .collect()
             }
-            None => schema.fields().iter().map(|f| f.name().clone()).collect(),
+            // The key first: JSON Lines columns come back sorted by name.
+            None => std::iter::once(key_column.clone())
+                .filter(|k| schema.has_column_with_unqualified_name(k))
+                .chain(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .filter(|c| *c != key_column),
+                )
+                .collect(),
         };
         let mut projection: Vec<Expr> = kept
             .iter()
@@ -219,11 +231,25 @@ impl BatchRun {
             plan = plan.filter(field(ERROR_FIELD).is_null())?;
         }
         let mut outputs: Vec<Expr> = output_names.iter().map(|c| col(quoted(c))).collect();
-        outputs.extend(
-            predictions
-                .iter()
-                .map(|p| field(&p.output).alias(&p.column)),
-        );
+        for (p, spec) in predictions.iter().zip(&signature.outputs) {
+            match (job.format, serval_arrow::row_type(spec)) {
+                // CSV cells hold scalars: a fixed-size list becomes one column per element.
+                (FileFormat::Csv, ArrowType::FixedSizeList(_, len)) => {
+                    outputs.extend((0..len).map(|i| {
+                        array_element(field(&p.output), lit(i64::from(i) + 1))
+                            .alias(format!("{}_{i}", p.column))
+                    }))
+                }
+                (FileFormat::Csv, ArrowType::List(_)) => {
+                    return Err(BatchError::Invalid(format!(
+                        "output '{}' has a dynamic shape {:?}, which CSV cannot hold; use --format parquet or jsonl",
+                        p.output,
+                        spec.shape_i64()
+                    )));
+                }
+                _ => outputs.push(field(&p.output).alias(&p.column)),
+            }
+        }
         if job.session.on_error == OnError::Null {
             outputs.push(field(ERROR_FIELD).alias(ERROR_FIELD));
         }
@@ -272,9 +298,16 @@ impl BatchRun {
         );
         let options = DataFrameWriteOptions::new();
         let written = match self.job.format {
-            FileFormat::Parquet => self.plan.write_parquet(&staging, options, None).await?,
-            FileFormat::Csv => self.plan.write_csv(&staging, options, None).await?,
-            FileFormat::Jsonl => self.plan.write_json(&staging, options, None).await?,
+            FileFormat::Parquet => self.plan.write_parquet(&staging, options, None).await,
+            FileFormat::Csv => self.plan.write_csv(&staging, options, None).await,
+            FileFormat::Jsonl => self.plan.write_json(&staging, options, None).await,
+        };
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                out.abort(&job_id).await;
+                return Err(e.into());
+            }
         };
         let rows_out = written
             .first()
@@ -336,25 +369,71 @@ pub async fn register_table(
 ) -> Result<(), BatchError> {
     // A named file keeps its own extension; directories and globs select by the format's.
     let file = input_name(input);
+    let has_glob = file.contains(['*', '?', '[']);
+    if has_glob && input.contains("://") {
+        return register_url_glob(ctx, name, input, file, format).await;
+    }
     let ext = match file.rsplit_once('.') {
-        Some((_, e)) if !file.contains(['*', '?', '[']) && !input.ends_with('/') => format!(".{e}"),
+        Some((_, e)) if !has_glob && !input.ends_with('/') => format!(".{e}"),
         _ => format!(".{}", format.extension()),
     };
+    register_files(ctx, name, input, format, &ext).await
+}
+
+/// DataFusion expands globs only in local paths; an object-store URL's last segment is matched
+/// here instead (`s3://bucket/in/part-*.parquet`).
+async fn register_url_glob(
+    ctx: &SessionContext,
+    name: &str,
+    input: &str,
+    pattern: &str,
+    format: FileFormat,
+) -> Result<(), BatchError> {
+    use datafusion::datasource::file_format::{
+        csv::CsvFormat, json::JsonFormat, parquet::ParquetFormat,
+    };
+    use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+    let bad = |e: &dyn std::fmt::Display| BatchError::Invalid(format!("'{input}': {e}"));
+    let dir = url::Url::parse(&input[..input.len() - pattern.len()]).map_err(|e| bad(&e))?;
+    let glob = glob::Pattern::new(pattern).map_err(|e| bad(&e))?;
+    let url = ListingTableUrl::try_new(dir, Some(glob))?;
+    let file_format: Arc<dyn datafusion::datasource::file_format::FileFormat> = match format {
+        FileFormat::Parquet => Arc::new(ParquetFormat::default()),
+        FileFormat::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
+        FileFormat::Jsonl => Arc::new(JsonFormat::default()),
+    };
+    // The glob selects the files; no extension filter on top of it.
+    let options = ListingOptions::new(file_format).with_file_extension("");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await?;
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    input: &str,
+    format: FileFormat,
+    ext: &str,
+) -> Result<(), BatchError> {
     match format {
         FileFormat::Parquet => {
             ctx.register_parquet(
                 name,
                 input,
-                ParquetReadOptions::default().file_extension(&ext),
+                ParquetReadOptions::default().file_extension(ext),
             )
             .await?
         }
         FileFormat::Csv => {
-            ctx.register_csv(name, input, CsvReadOptions::new().file_extension(&ext))
+            ctx.register_csv(name, input, CsvReadOptions::new().file_extension(ext))
                 .await?
         }
         FileFormat::Jsonl => {
-            ctx.register_json(name, input, JsonReadOptions::default().file_extension(&ext))
+            ctx.register_json(name, input, JsonReadOptions::default().file_extension(ext))
                 .await?
         }
     }
@@ -397,7 +476,12 @@ fn mint_key(ctx: &SessionContext) -> Result<Expr, BatchError> {
 /// the key when that is exactly the number of values a row takes (dirty CSV columns read as
 /// text still feed the model, and their bad values fail only their rows), else every numeric,
 /// boolean or list column but the key, in schema order.
-fn default_features(schema: &DFSchema, signature: &Signature, key: &str) -> Vec<String> {
+fn default_features(
+    schema: &DFSchema,
+    signature: &Signature,
+    key: &str,
+    format: FileFormat,
+) -> Result<Vec<String>, BatchError> {
     use datafusion::arrow::datatypes::DataType as A;
     let names: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
     let named: Vec<String> = names
@@ -406,7 +490,15 @@ fn default_features(schema: &DFSchema, signature: &Signature, key: &str) -> Vec<
         .map(|n| n.to_string())
         .collect();
     if named.len() == names.len() {
-        return named;
+        return Ok(named);
+    }
+    if format == FileFormat::Jsonl {
+        // JSON objects have no column order (DataFusion reads their keys sorted by name), so
+        // guessing would feed features in the wrong order without any error.
+        return Err(BatchError::Invalid(format!(
+            "JSON Lines input has no column order: name the feature columns in the model's order with --features, or give each row a '{}' list",
+            names.join("', '")
+        )));
     }
     let others = schema.fields().iter().filter(|f| f.name() != key);
     let row_len = match signature.inputs.as_slice() {
@@ -420,9 +512,9 @@ fn default_features(schema: &DFSchema, signature: &Signature, key: &str) -> Vec<
         _ => None,
     };
     if row_len.is_some_and(|n| n == others.clone().count()) {
-        return others.map(|f| f.name().clone()).collect();
+        return Ok(others.map(|f| f.name().clone()).collect());
     }
-    others
+    Ok(others
         .filter(|f| {
             f.data_type().is_numeric()
                 || matches!(
@@ -431,7 +523,7 @@ fn default_features(schema: &DFSchema, signature: &Signature, key: &str) -> Vec<
                 )
         })
         .map(|f| f.name().clone())
-        .collect()
+        .collect())
 }
 
 fn now_rfc3339() -> String {
@@ -531,6 +623,22 @@ impl Output {
             names.push(name);
         }
         Ok(names)
+    }
+
+    /// Deletes what a failed job staged (best effort: the error being reported matters more).
+    async fn abort(&self, job_id: &str) {
+        let staging = self.prefix.clone().join("_temporary").join(job_id);
+        let staged: Vec<ObjectPath> = self
+            .store
+            .list(Some(&staging))
+            .map_ok(|o| o.location)
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        for path in staged {
+            let _ = self.store.delete(&path).await;
+        }
+        self.remove_local_staging(job_id);
     }
 
     /// Object stores have no directories, but a local file system keeps the emptied staging

@@ -24,13 +24,13 @@ pub enum BatchError {
     #[error(transparent)]
     Core(#[from] serval_core::Error),
     /// The query engine failed (bad SQL, unreadable input, a row error under `--on-error fail`).
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] datafusion::error::DataFusionError),
     /// An object store URL is unusable.
     #[error(transparent)]
     Storage(#[from] serval_storage::StorageError),
     /// Reading or writing the output failed.
-    #[error("output {location}: {source}")]
+    #[error("output {location}")]
     Output {
         /// The output location.
         location: String,

@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
+use datafusion::dataframe::DataFrame;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::object_store::ObjectStore;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
 use url::Url;
 
 use crate::catalog::ModelCatalog;
@@ -41,10 +43,18 @@ pub fn batch_session(
     catalog: Arc<ModelCatalog>,
     options: SessionOptions,
 ) -> (SessionContext, Arc<PredictReport>) {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(options.partitions.max(1))
         .with_batch_size(options.batch_size.max(1))
         .with_information_schema(true);
+    // Plain strings, not views: outputs are read by other tools (pyarrow, Spark), and the
+    // server's precomputed tables, that handle `string` better than `string_view`.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     let runtime = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(LazyObjectStores::default()))
         .build_arc()
@@ -93,8 +103,16 @@ impl ObjectStoreRegistry for LazyObjectStores {
     }
 }
 
-/// Splits a script into statements (semicolons inside strings and comments are not separators).
-pub fn split_statements(sql: &str) -> Result<Vec<String>> {
-    let statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
-    Ok(statements.iter().map(ToString::to_string).collect())
+/// Parses a script of `;`-separated statements (semicolons inside strings and comments do not
+/// separate).
+pub fn parse_script(sql: &str) -> Result<Vec<Statement>> {
+    Ok(DFParser::parse_sql(sql)?.into_iter().collect())
+}
+
+/// Plans one parsed statement (DDL runs now; queries run when the frame is collected). Planned
+/// from the parsed statement because printing it back to SQL loses the quotes of
+/// `COPY ... TO 'path'`.
+pub async fn statement_frame(ctx: &SessionContext, statement: Statement) -> Result<DataFrame> {
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    ctx.execute_logical_plan(plan).await
 }

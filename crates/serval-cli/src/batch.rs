@@ -253,9 +253,12 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--table {table}: cannot tell the format from the name (.parquet, .csv, .jsonl)"))?;
             serval_batch::job::register_table(&ctx, name, path, format).await?;
         }
-        for statement in serval_batch::session::split_statements(&args.query)? {
-            let frame = ctx.sql(&statement).await?;
-            frame.show().await?;
+        // One statement at a time: a statement may read what the previous one wrote.
+        for statement in serval_batch::session::parse_script(&args.query)? {
+            serval_batch::session::statement_frame(&ctx, statement)
+                .await?
+                .show()
+                .await?;
         }
         if report.failed() > 0 {
             eprintln!("{} of {} rows could not be predicted", report.failed(), report.rows());
