@@ -16,7 +16,7 @@ use serval_core::{Model, Tensor, ValidInputs};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Result, ServerError};
-use crate::metrics;
+use crate::metrics::VersionMetrics;
 
 /// Outputs for one queued part of a request.
 type Reply = Result<Vec<(String, Tensor)>>;
@@ -52,6 +52,7 @@ struct Queue {
     state: Mutex<QueueState>,
     arrived: Condvar,
     stats: Stats,
+    metrics: VersionMetrics,
 }
 
 struct QueueState {
@@ -91,6 +92,7 @@ impl Batcher {
         let admitted = Arc::new(Semaphore::new(cfg.max_queue_size.max(1) + workers));
         let kib = (cfg.max_queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         let admitted_kib = Arc::new(Semaphore::new(kib));
+        let metrics = VersionMetrics::new(model.name(), model.version());
         let queue = Arc::new(Queue {
             model,
             cfg,
@@ -100,6 +102,7 @@ impl Batcher {
             }),
             arrived: Condvar::new(),
             stats: Stats::default(),
+            metrics,
         });
         for ix in 0..workers.max(1) {
             let queue = queue.clone();
@@ -126,6 +129,11 @@ impl Batcher {
     /// Cumulative statistics.
     pub fn stats(&self) -> &Stats {
         &self.queue.stats
+    }
+
+    /// This version's Prometheus series.
+    pub fn metrics(&self) -> &VersionMetrics {
+        &self.queue.metrics
     }
 
     /// Requests currently waiting.
@@ -277,7 +285,7 @@ impl Queue {
             self.stats
                 .queue_ns
                 .fetch_add(queued.as_nanos() as u64, Ordering::Relaxed);
-            metrics::record_queue(model.name(), model.version(), queued);
+            self.metrics.record_queue(queued);
         }
         let sizes: Vec<usize> = batch.iter().map(|e| e.inputs.rows()).collect();
         let total: usize = sizes.iter().sum();
@@ -313,7 +321,7 @@ impl Queue {
         self.stats
             .compute_ns
             .fetch_add(compute.as_nanos() as u64, Ordering::Relaxed);
-        metrics::record_batch(model.name(), model.version(), compute, total);
+        self.metrics.record_batch(compute, total);
         match res {
             Ok(outputs) => {
                 let mut offset = 0;

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Result, ServerError};
 use crate::metrics;
 use crate::precomputed::PrecomputedTables;
-use crate::store::{ModelStore, VersionSelector};
+use crate::store::{ModelStore, ServedVersion, VersionSelector};
 
 /// A decoded request, independent of protocol.
 pub struct InferRequest {
@@ -111,17 +111,23 @@ impl Inferencer {
     /// Runs one request end to end, recording metrics whatever the outcome.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
-        let model_name = request.model.clone();
         let protocol = request.protocol;
-        let mut version = String::new();
-        let res = self.infer_inner(request, started, &mut version).await;
+        let mut answered = None;
+        let model_name = request.model.clone();
+        let res = self.infer_inner(request, started, &mut answered).await;
         let status = match &res {
             Ok(_) => 200,
             Err(e) => e.status().as_u16(),
         };
         let elapsed = started.elapsed();
-        metrics::record_request(&model_name, &version, protocol, status, elapsed);
-        tracing::debug!(model = %model_name, version = %version, protocol, status, elapsed_us = elapsed.as_micros() as u64, "request");
+        match &answered {
+            Some(served) => served
+                .batcher
+                .metrics()
+                .record_request(protocol, status, elapsed),
+            None => metrics::record_request(&model_name, "", protocol, status, elapsed),
+        }
+        tracing::debug!(model = %model_name, version = answered.as_ref().map(|s| s.model.version()), protocol, status, elapsed_us = elapsed.as_micros() as u64, "request");
         res
     }
 
@@ -129,7 +135,7 @@ impl Inferencer {
         &self,
         request: InferRequest,
         started: Instant,
-        version_label: &mut String,
+        answered: &mut Option<Arc<ServedVersion>>,
     ) -> Result<InferResponse> {
         let served_model = self.store.model(&request.model)?;
         let routing_key = request
@@ -139,7 +145,7 @@ impl Inferencer {
             .map(String::as_str);
         let served = served_model.route(&request.version, routing_key)?;
         let version = served.model.version();
-        *version_label = version.to_string();
+        *answered = Some(served.clone());
         let model_cfg = served.model.config();
         // Validation runs here, per request, so one bad request can never fail a whole batch.
         let valid = served

@@ -48,8 +48,9 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(store::ModelStore::load(repository.clone())?);
+    // Before loading: each version looks its metric series up once, from the installed recorder.
     let handle = metrics::install().map_err(ServeError::Metrics)?;
+    let store = Arc::new(store::ModelStore::load(repository.clone())?);
     if let Some((model, _)) = config
         .precomputed
         .iter()

@@ -1,7 +1,10 @@
 //! Prometheus metrics: request counts by outcome, and histograms of queue, compute and
 //! end-to-end time per model and version (Triton only has counters; p99 needs histograms).
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -34,7 +37,13 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// Protocol labels; each version caches its success counter per protocol.
+const PROTOCOLS: [&str; 3] = ["tfserving", "v2_rest", "v2_grpc"];
+
 /// Counts a finished request and observes its end-to-end latency.
+///
+/// Looks the series up by name and labels (allocating them): for requests that resolved no
+/// version. Requests that did go through [`VersionMetrics::record_request`].
 pub fn record_request(
     model: &str,
     version: &str,
@@ -50,31 +59,79 @@ pub fn record_request(
     ];
     metrics::counter!(format!("{PREFIX}_requests_total"), &labels).increment(1);
     if status == 200 {
-        let labels = [("model", model.to_owned()), ("version", version.to_owned())];
-        metrics::histogram!(format!("{PREFIX}_request_duration_seconds"), &labels)
-            .record(elapsed.as_secs_f64());
+        version_histogram("request_duration_seconds", model, version).record(elapsed.as_secs_f64());
     }
 }
 
-/// Observes how long a queued request waited for a worker.
-pub fn record_queue(model: &str, version: u64, queued: Duration) {
-    let labels = [
-        ("model", model.to_owned()),
-        ("version", version.to_string()),
-    ];
-    metrics::histogram!(format!("{PREFIX}_queue_duration_seconds"), &labels)
-        .record(queued.as_secs_f64());
+fn version_histogram(name: &str, model: &str, version: &str) -> Histogram {
+    let labels = [("model", model.to_owned()), ("version", version.to_owned())];
+    metrics::histogram!(format!("{PREFIX}_{name}"), &labels)
 }
 
-/// Observes one engine run: its duration and how many instances it held.
-pub fn record_batch(model: &str, version: u64, compute: Duration, instances: usize) {
-    let labels = [
-        ("model", model.to_owned()),
-        ("version", version.to_string()),
-    ];
-    metrics::histogram!(format!("{PREFIX}_compute_duration_seconds"), &labels)
-        .record(compute.as_secs_f64());
-    metrics::histogram!(format!("{PREFIX}_batch_instances"), &labels).record(instances as f64);
+/// One model version's series, looked up once (on first use) and then recorded with atomics
+/// only: the request and engine paths never format names or clone labels.
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    requests_ok: [OnceLock<Counter>; PROTOCOLS.len()],
+    request_duration: OnceLock<Histogram>,
+    queue_duration: OnceLock<Histogram>,
+    compute_duration: OnceLock<Histogram>,
+    batch_instances: OnceLock<Histogram>,
+}
+
+impl VersionMetrics {
+    /// The series of `model` version `version` (registered lazily, so unused ones stay absent).
+    pub fn new(model: &str, version: u64) -> VersionMetrics {
+        VersionMetrics {
+            model: model.to_owned(),
+            version: version.to_string(),
+            requests_ok: Default::default(),
+            request_duration: OnceLock::new(),
+            queue_duration: OnceLock::new(),
+            compute_duration: OnceLock::new(),
+            batch_instances: OnceLock::new(),
+        }
+    }
+
+    fn histogram<'a>(&self, cell: &'a OnceLock<Histogram>, name: &str) -> &'a Histogram {
+        cell.get_or_init(|| version_histogram(name, &self.model, &self.version))
+    }
+
+    /// Counts a finished request of this version and observes its end-to-end latency.
+    pub fn record_request(&self, protocol: &'static str, status: u16, elapsed: Duration) {
+        let cached = PROTOCOLS.iter().position(|p| *p == protocol);
+        let Some(ix) = cached.filter(|_| status == 200) else {
+            return record_request(&self.model, &self.version, protocol, status, elapsed);
+        };
+        self.requests_ok[ix]
+            .get_or_init(|| {
+                let labels = [
+                    ("model", self.model.clone()),
+                    ("version", self.version.clone()),
+                    ("protocol", protocol.to_owned()),
+                    ("status", "200".to_owned()),
+                ];
+                metrics::counter!(format!("{PREFIX}_requests_total"), &labels)
+            })
+            .increment(1);
+        self.histogram(&self.request_duration, "request_duration_seconds")
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Observes how long a queued request waited for a worker.
+    pub fn record_queue(&self, queued: Duration) {
+        self.histogram(&self.queue_duration, "queue_duration_seconds")
+            .record(queued.as_secs_f64());
+    }
+
+    /// Observes one engine run: its duration and how many instances it held.
+    pub fn record_batch(&self, compute: Duration, instances: usize) {
+        self.histogram(&self.compute_duration, "compute_duration_seconds")
+            .record(compute.as_secs_f64());
+        self.histogram(&self.batch_instances, "batch_instances")
+            .record(instances as f64);
+    }
 }
 
 /// Counts a version that failed to load or warm up (it does not serve).
