@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -196,6 +197,271 @@ fn duplicate_key_warnings(keys: &[Option<String>]) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Decodes a JSON list of instances straight into column buffers, without building
+/// `serde_json::Value` trees: the request path's fast form of [`decode_instances`].
+///
+/// It accepts exactly what `decode_instances` accepts and decodes it to the same tensors (scalars
+/// go through the same conversion), but refuses, with an uninformative error, anything unusual
+/// or wrong: the caller then falls back to `decode_instances`, which reports the problem in
+/// detail. `inputs` are the signature's inputs.
+pub struct InstancesSeed<'a> {
+    /// The signature's inputs.
+    pub inputs: &'a [TensorSpec],
+    /// The model's key field name.
+    pub key_name: &'a str,
+}
+
+/// Why the fast path gave up (never shown to clients: the slow path reports the real error).
+fn refuse<E: serde::de::Error>() -> E {
+    E::custom("not decodable on the fast path")
+}
+
+impl<'de> DeserializeSeed<'de> for InstancesSeed<'_> {
+    type Value = DecodedInstances;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InstancesSeed<'_> {
+    type Value = DecodedInstances;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of instances")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut columns: Vec<FastColumn> = self.inputs.iter().map(FastColumn::new).collect();
+        let mut keys = Vec::new();
+        while let Some(key) = seq.next_element_seed(InstanceSeed {
+            columns: &mut columns,
+            key_name: self.key_name,
+        })? {
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(refuse());
+        }
+        let inputs = columns
+            .into_iter()
+            .map(|c| {
+                let name = c.spec.name.clone();
+                c.finish(keys.len()).map(|t| (name, t))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(refuse)?;
+        let warnings = duplicate_key_warnings(&keys);
+        Ok(DecodedInstances {
+            keys,
+            inputs,
+            warnings,
+        })
+    }
+}
+
+/// One instance: an object of inputs (plus the key), or a bare value for a single input.
+struct InstanceSeed<'c, 's> {
+    columns: &'c mut [FastColumn<'s>],
+    key_name: &'c str,
+}
+
+impl<'c, 's> InstanceSeed<'c, 's> {
+    /// The only column of a single-input signature, which a bare instance fills.
+    fn bare<E: serde::de::Error>(self) -> std::result::Result<ValueSeed<'c, 's>, E> {
+        match self.columns {
+            [only] => Ok(ValueSeed {
+                column: only,
+                depth: 0,
+            }),
+            _ => Err(refuse()),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for InstanceSeed<'_, '_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InstanceSeed<'_, '_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an instance")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut key = None;
+        let mut key_seen = false;
+        let mut seen = 0;
+        while let Some(field) = map.next_key::<&'de str>()? {
+            if field == self.key_name && !key_seen {
+                key_seen = true;
+                key = map.next_value::<Option<String>>()?;
+                continue;
+            }
+            let column = self
+                .columns
+                .iter_mut()
+                .find(|c| c.spec.name == field && !c.seen)
+                .ok_or_else(refuse)?;
+            column.seen = true;
+            seen += 1;
+            map.next_value_seed(ValueSeed { column, depth: 0 })?;
+        }
+        if seen != self.columns.len() {
+            return Err(refuse());
+        }
+        self.columns.iter_mut().for_each(|c| c.seen = false);
+        Ok(key)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
+        self.bare()?.visit_seq(seq).map(|()| None)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        self.bare()?.visit_f64(v).map(|()| None)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        self.bare()?.visit_i64(v).map(|()| None)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        self.bare()?.visit_u64(v).map(|()| None)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        self.bare()?.visit_bool(v).map(|()| None)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        self.bare()?.visit_str(v).map(|()| None)
+    }
+}
+
+/// One input's values, accumulated without `Value`s; the per-instance shape is fixed by the
+/// model where it is static and by the first instance where it is dynamic.
+struct FastColumn<'s> {
+    spec: &'s TensorSpec,
+    dims: Vec<Option<usize>>,
+    data: TensorData,
+    /// Whether the current instance has given this input already.
+    seen: bool,
+}
+
+impl<'s> FastColumn<'s> {
+    fn new(spec: &'s TensorSpec) -> FastColumn<'s> {
+        FastColumn {
+            spec,
+            dims: spec.shape[1.min(spec.shape.len())..].to_vec(),
+            data: TensorData::empty(spec.data_type),
+            seen: false,
+        }
+    }
+
+    fn finish(self, rows: usize) -> Option<Tensor> {
+        let mut shape = vec![rows];
+        for d in self.dims {
+            shape.push(d?);
+        }
+        Tensor::new(shape, self.data).ok()
+    }
+}
+
+/// A value (or part of one, at `depth` of its nested lists) of one input.
+struct ValueSeed<'c, 's> {
+    column: &'c mut FastColumn<'s>,
+    depth: usize,
+}
+
+impl ValueSeed<'_, '_> {
+    /// A scalar, only where the shape puts scalars, converted as `decode_instances` does.
+    fn scalar<E: serde::de::Error>(self, value: Value) -> std::result::Result<(), E> {
+        if self.depth != self.column.dims.len() {
+            return Err(refuse());
+        }
+        push_scalar(&value, &mut self.column.data).map_err(|_| refuse())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an input value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let depth = self.depth;
+        if depth >= self.column.dims.len() {
+            return Err(refuse());
+        }
+        let mut n = 0;
+        while seq
+            .next_element_seed(ValueSeed {
+                column: &mut *self.column,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        // An empty list above the last axis hides the shape below it (`infer_shape` stops there).
+        if n == 0 && depth + 1 < self.column.dims.len() {
+            return Err(refuse());
+        }
+        match &mut self.column.dims[depth] {
+            Some(d) if *d != n => Err(refuse()),
+            Some(_) => Ok(()),
+            free => {
+                *free = Some(n);
+                Ok(())
+            }
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        let number = serde_json::Number::from_f64(v).ok_or_else(refuse)?;
+        self.scalar(Value::Number(number))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.scalar(Value::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.scalar(Value::from(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.scalar(Value::Bool(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.scalar(Value::String(v.to_owned()))
+    }
 }
 
 /// One input's values, accumulated instance by instance.
@@ -474,5 +740,120 @@ impl Scalar for half::f16 {
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_f32(self.to_f32())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeSeed;
+    use serde_json::Value;
+
+    use super::{InstancesSeed, decode_instances};
+    use crate::graph::TensorSpec;
+    use crate::signature::Signature;
+    use crate::tensor::DataType;
+
+    fn signature(inputs: &[(&str, DataType, &[Option<usize>])]) -> Signature {
+        Signature {
+            name: "serving_default".into(),
+            inputs: inputs
+                .iter()
+                .map(|(name, data_type, shape)| TensorSpec {
+                    name: (*name).into(),
+                    data_type: *data_type,
+                    shape: shape.to_vec(),
+                })
+                .collect(),
+            outputs: vec![],
+            postprocess: vec![],
+        }
+    }
+
+    /// The fast path decodes exactly what the slow path accepts, to the same tensors, and
+    /// refuses everything the slow path rejects.
+    #[test]
+    fn fast_path_agrees_with_decode_instances() {
+        let row3 = signature(&[("features", DataType::Fp32, &[None, Some(3)])]);
+        let dynamic = signature(&[("x", DataType::Fp32, &[None, None, None])]);
+        let two = signature(&[
+            ("a", DataType::Int64, &[None]),
+            ("b", DataType::Bytes, &[None, Some(2)]),
+        ]);
+        let scalar = signature(&[("s", DataType::Fp64, &[None])]);
+        let cases: &[(&Signature, &str)] = &[
+            (&row3, r#"[{"features": [1, 2.5, -3e2]}]"#),
+            (
+                &row3,
+                r#"[{"key": "k1", "features": [1, 2, 3]}, {"features": [4, 5, 6], "key": null}]"#,
+            ),
+            (
+                &row3,
+                r#"[{"key": "k", "features": [1, 2, 3]}, {"key": "k", "features": [4, 5, 6]}]"#,
+            ),
+            (&row3, r#"[[1, 2, 3], [4, 5, "NaN"]]"#),
+            (&row3, r#"[]"#),
+            (&row3, r#"[{"features": [1, 2]}]"#),
+            (&row3, r#"[{"features": [1, 2, 3], "extra": 1}]"#),
+            (&row3, r#"[{"key": 7, "features": [1, 2, 3]}]"#),
+            (&row3, r#"[{"features": [1, 2, 3], "features": [4, 5, 6]}]"#),
+            (&row3, r#"[{"features": [1, 2, "x"]}]"#),
+            (&row3, r#"[{"features": [[1], 2, 3]}]"#),
+            (&row3, r#"[{}]"#),
+            (&row3, r#"[{"features": null}]"#),
+            (
+                &dynamic,
+                r#"[{"x": [[1, 2], [3, 4]]}, {"x": [[5, 6], [7, 8]]}]"#,
+            ),
+            (&dynamic, r#"[{"x": [[1, 2], [3]]}]"#),
+            (&dynamic, r#"[{"x": [[1, 2]]}, {"x": [[5, 6], [7, 8]]}]"#),
+            (&dynamic, r#"[{"x": []}]"#),
+            (&dynamic, r#"[{"x": [[]]}]"#),
+            (
+                &two,
+                r#"[{"a": 1, "b": ["x", "y"]}, {"b": ["z", "w"], "a": -2}]"#,
+            ),
+            (&two, r#"[{"a": 1.5, "b": ["x", "y"]}]"#),
+            (&two, r#"[{"a": 1, "b": ["x", {"b64": "eQ=="}]}]"#),
+            (&two, r#"[{"a": 1}]"#),
+            (&two, r#"[1]"#),
+            (&scalar, r#"[1, 2.5, 3e300]"#),
+            (&scalar, r#"[{"s": 1}, {"s": 2}]"#),
+            (&scalar, r#"[[1]]"#),
+            (&scalar, r#"[true]"#),
+        ];
+        for (sig, json) in cases {
+            let instances: Vec<Value> = serde_json::from_str(json).unwrap();
+            let slow = decode_instances(sig, "key", &instances);
+            let seed = InstancesSeed {
+                inputs: &sig.inputs,
+                key_name: "key",
+            };
+            let fast = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
+            match (slow, fast) {
+                (Ok(slow), Ok(fast)) => {
+                    assert_eq!(slow.keys, fast.keys, "{json}");
+                    // Debug output, so NaN compares equal to NaN.
+                    assert_eq!(
+                        format!("{:?}", slow.inputs),
+                        format!("{:?}", fast.inputs),
+                        "{json}"
+                    );
+                    assert_eq!(slow.warnings, fast.warnings, "{json}");
+                }
+                (Err(_), Err(_)) | (Ok(_), Err(_)) => {}
+                (Err(e), Ok(_)) => panic!("fast path accepted {json}, slow path says {e}"),
+            }
+        }
+        // The common forms take the fast path.
+        for (sig, json) in [
+            &cases[0], &cases[1], &cases[3], &cases[13], &cases[18], &cases[23],
+        ] {
+            let seed = InstancesSeed {
+                inputs: &sig.inputs,
+                key_name: "key",
+            };
+            let fast = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
+            assert!(fast.is_ok(), "{json}: {:?}", fast.err());
+        }
     }
 }

@@ -7,10 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
-use serval_core::instances::{KeyedPredictions, RowView, TensorView, decode_instances};
+use serval_core::instances::{
+    DecodedInstances, InstancesSeed, KeyedPredictions, RowView, TensorView, decode_instances,
+};
 
 use super::{AppState, check_instances, header_timeout, json_ok, parse_json, read_body};
 use crate::error::{Result, ServerError};
@@ -148,37 +151,28 @@ async fn post_model(
     }
     let target = parse_target(path)?;
     let bytes = read_body(&headers, body, &state.limits).await?;
-    let request: PredictRequest = parse_json(&bytes)?;
-    let served_model = state.inferencer.store().model(&target.model)?;
-    let served = served_model.resolve(&target.version)?;
-    let model = &served.model;
-    let signature = model
-        .signature(request.signature_name.as_deref())
-        .map_err(ServerError::from)?;
-    let key_name = model.config().key.clone();
-    let (instances, columnar) = match (request.instances, request.inputs) {
-        (Some(_), Some(_)) => {
-            return Err(ServerError::BadRequest(
-                "expecting only one of 'inputs' or 'instances' keys".into(),
-            ));
+    let served = state
+        .inferencer
+        .store()
+        .model(&target.model)
+        .and_then(|m| m.resolve(&target.version));
+    let (signature, decoded, columnar) = match served
+        .as_ref()
+        .ok()
+        .and_then(|served| decode_fast(&bytes, &served.model))
+    {
+        Some((signature, decoded)) => {
+            check_instances(decoded.keys.len(), &state.limits)?;
+            (signature, decoded, false)
         }
-        (None, None) => {
-            return Err(ServerError::BadRequest(
-                "missing 'instances' or 'inputs' in request".into(),
-            ));
-        }
-        (Some(instances), None) => (instances, false),
-        (None, Some(inputs)) => (columnar_to_instances(inputs, signature, &key_name)?, true),
+        None => decode_slow(&bytes, served, &state.limits)?,
     };
-    check_instances(instances.len(), &state.limits)?;
-    let decoded =
-        decode_instances(signature, &key_name, &instances).map_err(serval_core::Error::from)?;
     let response = state
         .inferencer
         .infer(InferRequest {
             model: target.model,
             version: target.version,
-            signature: Some(signature.name.clone()),
+            signature: Some(signature),
             inputs: decoded.inputs,
             keys: Some(decoded.keys),
             protocol: "tfserving",
@@ -213,6 +207,100 @@ async fn post_model(
     );
     super::mark_precomputed(&mut response, precomputed_at.as_deref());
     Ok(response)
+}
+
+/// The common request, `{"instances": [...]}` with an optional `signature_name`, decoded in one
+/// pass without `serde_json::Value`s into the signature's name and its inputs. `None` for
+/// anything else, valid or not: the slow path decides (and names the error), so both paths
+/// answer every request the same way.
+fn decode_fast(bytes: &[u8], model: &serval_core::Model) -> Option<(String, DecodedInstances)> {
+    let default = model.signature(None).ok()?;
+    let seed = FastRequest(InstancesSeed {
+        inputs: &default.inputs,
+        key_name: &model.config().key,
+    });
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (name, decoded) = seed.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    // Every signature of a model has the graph's inputs; decoding used the default's.
+    let signature = model.signature(name.as_deref()).ok()?;
+    (signature.inputs == default.inputs).then(|| (signature.name.clone(), decoded))
+}
+
+/// The top level of a fast-path request: `signature_name` and `instances`, nothing else.
+struct FastRequest<'a>(InstancesSeed<'a>);
+
+impl<'de> DeserializeSeed<'de> for FastRequest<'_> {
+    type Value = (Option<String>, DecodedInstances);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FastRequest<'_> {
+    type Value = (Option<String>, DecodedInstances);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a predict request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut seed = Some(self.0);
+        let mut signature_name = None;
+        let mut decoded = None;
+        while let Some(field) = map.next_key::<&'de str>()? {
+            match field {
+                "signature_name" if signature_name.is_none() => {
+                    signature_name = Some(map.next_value::<String>()?);
+                }
+                "instances" => match seed.take() {
+                    Some(seed) => decoded = Some(map.next_value_seed(seed)?),
+                    None => return Err(A::Error::custom("duplicate field")),
+                },
+                _ => return Err(A::Error::custom("not a fast-path field")),
+            }
+        }
+        let decoded = decoded.ok_or_else(|| A::Error::custom("no instances"))?;
+        Ok((signature_name, decoded))
+    }
+}
+
+/// Any request, through `serde_json::Value`: every error is reported here, in the order the
+/// checks have always run (JSON, model, signature, request form, size, instances).
+fn decode_slow(
+    bytes: &[u8],
+    served: Result<std::sync::Arc<crate::store::ServedVersion>>,
+    limits: &super::Limits,
+) -> Result<(String, DecodedInstances, bool)> {
+    let request: PredictRequest = parse_json(bytes)?;
+    let served = served?;
+    let model = &served.model;
+    let signature = model
+        .signature(request.signature_name.as_deref())
+        .map_err(ServerError::from)?;
+    let key_name = &model.config().key;
+    let (instances, columnar) = match (request.instances, request.inputs) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::BadRequest(
+                "expecting only one of 'inputs' or 'instances' keys".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ServerError::BadRequest(
+                "missing 'instances' or 'inputs' in request".into(),
+            ));
+        }
+        (Some(instances), None) => (instances, false),
+        (None, Some(inputs)) => (columnar_to_instances(inputs, signature, key_name)?, true),
+    };
+    check_instances(instances.len(), limits)?;
+    let decoded =
+        decode_instances(signature, key_name, &instances).map_err(serval_core::Error::from)?;
+    Ok((signature.name.clone(), decoded, columnar))
 }
 
 /// A `:predict` response, serialized straight from the output tensors (f32 stays f32).
