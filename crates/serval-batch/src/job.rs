@@ -114,6 +114,7 @@ impl BatchRun {
         let format = match job
             .input_format
             .or_else(|| FileFormat::from_extension(input_name(&job.input)))
+            .or_else(|| local_dir_format(&job.input))
         {
             Some(f) => f,
             None => {
@@ -438,6 +439,18 @@ async fn register_files(
         }
     }
     Ok(())
+}
+
+/// The one format of the data files in a local directory (files starting with `_` or `.`, like
+/// `_SUCCESS`, are not data).
+fn local_dir_format(input: &str) -> Option<FileFormat> {
+    let mut formats = std::fs::read_dir(input)
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| !name.starts_with(['_', '.']))
+        .map(|name| FileFormat::from_extension(&name));
+    let first = formats.next()??;
+    formats.all(|f| f == Some(first)).then_some(first)
 }
 
 fn require_columns(schema: &DFSchema, wanted: &[String], flag: &str) -> Result<(), BatchError> {
