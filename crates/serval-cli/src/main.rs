@@ -7,6 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use serval_core::{ModelRepository, RepositoryOptions};
 use serval_storage::RemoteRepository;
 
+/// mimalloc: the request path allocates on the async threads and frees on the engine threads
+/// (and back); glibc malloc serialises that on arena locks (futex wake-ups in the profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod batch;
 mod inspect;
 mod models;
