@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use serval_core::config::BackendPreference;
 use serval_core::{Error as CoreError, Model, ModelRepository};
 
 use crate::BatchError;
@@ -13,6 +14,7 @@ use crate::BatchError;
 /// `predict('m', 'stable')` share one load when they name the same version.
 pub struct ModelCatalog {
     repository: ModelRepository,
+    backend: Option<BackendPreference>,
     cache: Mutex<Cache>,
 }
 
@@ -36,8 +38,17 @@ impl ModelCatalog {
     pub fn new(repository: ModelRepository) -> ModelCatalog {
         ModelCatalog {
             repository,
+            backend: None,
             cache: Mutex::new(Cache::default()),
         }
+    }
+
+    /// Runs every model on this engine whatever its config says: batch jobs feed thousands of
+    /// rows per call, where ONNX Runtime's kernels beat tract's even on graphs tract serves
+    /// best one request at a time.
+    pub fn with_backend(mut self, backend: BackendPreference) -> ModelCatalog {
+        self.backend = Some(backend);
+        self
     }
 
     /// The repository models come from.
@@ -61,7 +72,15 @@ impl ModelCatalog {
         let loaded = match cache.by_version.get(&(model.to_owned(), number)) {
             Some(found) => found.clone(),
             None => {
-                let loaded = Arc::new(self.repository.load(model, Some(number))?);
+                let mut config = self.repository.config(model)?;
+                if let Some(backend) = self.backend {
+                    config.backend = backend;
+                }
+                let loaded = Arc::new(self.repository.load_version(
+                    model,
+                    number,
+                    Arc::new(config),
+                )?);
                 cache
                     .by_version
                     .insert((model.to_owned(), number), loaded.clone());

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use serval_batch::{
     BatchJob, BatchRun, FileFormat, ModelCatalog, OnError, PredictReport, SessionOptions,
 };
+use serval_core::config::BackendPreference;
 
 use crate::RepositoryArgs;
 
@@ -70,9 +71,35 @@ struct EngineArgs {
     /// Rows per record batch, hence per model call.
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+    /// Engine for every model, overriding `backend` in their config.toml (default: ONNX Runtime
+    /// when its library is found, faster on the large batches of a batch job; else each config's).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Tract,
+    Ort,
 }
 
 impl EngineArgs {
+    fn catalog(&self, repository: &RepositoryArgs) -> anyhow::Result<Arc<ModelCatalog>> {
+        let catalog = ModelCatalog::new(repository.open()?);
+        let ort_available =
+            serval_core::backend::ort_status(repository.ort_library.as_deref()).is_ok();
+        Ok(Arc::new(match self.backend {
+            // Batch jobs feed thousands of rows per call: ONNX Runtime, when present, measured
+            // 1.5-2x tract's throughput there (docs/benchmarks.md).
+            None if ort_available => catalog.with_backend(BackendPreference::Ort),
+            None => catalog,
+            Some(BackendArg::Auto) => catalog.with_backend(BackendPreference::Auto),
+            Some(BackendArg::Tract) => catalog.with_backend(BackendPreference::Tract),
+            Some(BackendArg::Ort) => catalog.with_backend(BackendPreference::Ort),
+        }))
+    }
+
     fn session(&self) -> SessionOptions {
         let defaults = SessionOptions::default();
         SessionOptions {
@@ -118,7 +145,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: BatchArgs) -> anyhow::Result<()> {
-    let catalog = Arc::new(ModelCatalog::new(args.repository.open()?));
+    let catalog = args.engine.catalog(&args.repository)?;
     let job = BatchJob {
         model: args.model,
         version: args.version,
@@ -242,7 +269,7 @@ pub struct SqlArgs {
 }
 
 pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
-    let catalog = Arc::new(ModelCatalog::new(args.repository.open()?));
+    let catalog = args.engine.catalog(&args.repository)?;
     runtime()?.block_on(async move {
         let (ctx, report) = serval_batch::batch_session(catalog, args.engine.session());
         for table in &args.tables {
