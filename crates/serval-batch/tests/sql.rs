@@ -52,20 +52,23 @@ async fn sql(ctx: &SessionContext, query: &str) -> Vec<RecordBatch> {
     ctx.sql(query).await.unwrap().collect().await.unwrap()
 }
 
+/// A session (failing on bad rows) with the bundled CSV registered as `t`.
+async fn csv_session(batch_size: usize) -> (SessionContext, Arc<serval_batch::PredictReport>) {
+    let (ctx, report) = batch_session(catalog(), options(batch_size, OnError::Fail));
+    let csv = examples().join("data/breast_cancer.csv");
+    ctx.register_csv("t", csv.to_str().unwrap(), CsvReadOptions::new())
+        .await
+        .unwrap();
+    (ctx, report)
+}
+
 fn key_index(key: &str) -> usize {
     key.rsplit('-').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]
 async fn predict_matches_onnxruntime_with_one_call_per_record_batch() {
-    let (ctx, report) = batch_session(catalog(), options(8, OnError::Fail));
-    ctx.register_csv(
-        "t",
-        examples().join("data/breast_cancer.csv").to_str().unwrap(),
-        CsvReadOptions::new(),
-    )
-    .await
-    .unwrap();
+    let (ctx, report) = csv_session(8).await;
     let golden = golden("breast_cancer_lr");
     let batches = sql(&ctx, &predict_sql("breast_cancer_lr", "t")).await;
     let mut seen = 0;
@@ -115,14 +118,7 @@ async fn predict_matches_onnxruntime_with_one_call_per_record_batch() {
 
 #[tokio::test]
 async fn signatures_versions_and_struct_fields_are_selectable() {
-    let (ctx, _) = batch_session(catalog(), options(8192, OnError::Fail));
-    ctx.register_csv(
-        "t",
-        examples().join("data/breast_cancer.csv").to_str().unwrap(),
-        CsvReadOptions::new(),
-    )
-    .await
-    .unwrap();
+    let (ctx, _) = csv_session(8192).await;
     let golden = golden("breast_cancer_lr");
     let query = format!(
         "SELECT key, p['diagnosis'] AS diagnosis FROM ({}) ORDER BY key",
@@ -153,14 +149,7 @@ async fn signatures_versions_and_struct_fields_are_selectable() {
 
 #[tokio::test]
 async fn wrong_feature_count_and_unknown_model_are_clear_errors() {
-    let (ctx, _) = batch_session(catalog(), options(8192, OnError::Fail));
-    ctx.register_csv(
-        "t",
-        examples().join("data/breast_cancer.csv").to_str().unwrap(),
-        CsvReadOptions::new(),
-    )
-    .await
-    .unwrap();
+    let (ctx, _) = csv_session(8192).await;
     let err = ctx
         .sql("SELECT predict('breast_cancer_lr', f0, f1) FROM t")
         .await
