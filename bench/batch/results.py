@@ -33,18 +33,20 @@ SAMPLE_S = 0.1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def parse_meta(pairs):
-    meta = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        meta[key] = value
-    return meta
+def _load_parse_meta():
+    """`key=value` command-line pairs to a dict, shared with the online benchmark's results.py
+    (loaded by path: both scripts are named results.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "python" / "results.py"
+    spec = importlib.util.spec_from_file_location("online_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_meta
+
+
+parse_meta = _load_parse_meta()
 
 
 def load1():
