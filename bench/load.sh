@@ -25,16 +25,19 @@ case "${1:-}" in
   *) echo "usage: bash bench/load.sh [--quick]" >&2; exit 2 ;;
 esac
 
-MODELS=(breast_cancer_lr breast_cancer_mlp_large)
+# The heavy model is built at bench time (bench/python/make_heavy_model.py): the committed ones
+# are too light to be compute-bound one row per request.
+MODELS=(breast_cancer_lr breast_cancer_mlp_xl)
 TINY=breast_cancer_lr
-HEAVY=breast_cancer_mlp_large
+HEAVY=breast_cancer_mlp_xl
 OHA_VERSION=1.16.0
 LOAD_MAX=${BENCH_LOAD_MAX:-0.7}
 LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
 VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 BATCH_ON_SIZE=64
 BATCH_ON_DELAY_US=500
-OVERLOAD_QUEUE=16
+# Queue slots beyond the busy workers: the knob that bounds an admitted request's wait.
+OVERLOAD_QUEUE=2
 OVERLOAD_CONNECTIONS=512
 OPEN_CONNECTIONS=256
 if ((QUICK)); then
@@ -255,15 +258,26 @@ SERVAL=$WORK/bin/serval
 HELLO=$WORK/bin/hello
 THROUGHPUT=$WORK/bin/throughput
 
-# Bench repositories: copies of the example models with a [batching] section appended.
+# Every model the bench serves, in one place: the tiny example model and the heavy one built here
+# (its MLServer copy comes from the same fitted estimator). Both take the breast-cancer features,
+# so both use the tiny model's rows.
+log "building $HEAVY"
+mkdir -p "$WORK/models" "$WORK/mlserver" "$WORK/data"
+cp -r "examples/models/$TINY" "$WORK/models/$TINY"
+"$PY" bench/python/make_heavy_model.py "$WORK/models" "$WORK/mlserver"
+for m in "${MODELS[@]}"; do
+  cp "examples/data/$TINY.jsonl" "$WORK/data/$m.jsonl"
+done
+
+# Bench repositories: copies of the bench models with a [batching] section appended.
 make_repo() {
   local dir=$1 max_batch=$2 delay=$3 queue=$4 m
   shift 4
   for m in "$@"; do
     mkdir -p "$dir/$m"
-    cp -r "examples/models/$m/1" "$dir/$m/1"
-    if [[ -f examples/models/$m/config.toml ]]; then
-      cp "examples/models/$m/config.toml" "$dir/$m/config.toml"
+    cp -r "$WORK/models/$m/1" "$dir/$m/1"
+    if [[ -f $WORK/models/$m/config.toml ]]; then
+      cp "$WORK/models/$m/config.toml" "$dir/$m/config.toml"
     fi
     printf '\n[batching]\nmax_batch_size = %s\nmax_queue_delay_us = %s\nmax_queue_size = %s\n' \
       "$max_batch" "$delay" "$queue" >>"$dir/$m/config.toml"
@@ -278,7 +292,7 @@ for m in "${MODELS[@]}"; do
   "$PY" - "$m" "$WORK" <<'EOF'
 import json, sys
 model, work = sys.argv[1], sys.argv[2]
-with open(f"examples/data/{model}.jsonl") as f:
+with open(f"{work}/data/{model}.jsonl") as f:
     row = json.loads(f.readline())["features"]
 oip = {"inputs": [{"name": "features", "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
 bodies = {
@@ -342,7 +356,7 @@ log "raw engine"
 wait_quiet
 for m in "${MODELS[@]}"; do
   log "raw engine $m"
-  "$THROUGHPUT" "$WORK/repo-off" "$m" --data "examples/data/$m.jsonl" --seconds "$RAW_SECONDS" \
+  "$THROUGHPUT" "$WORK/repo-off" "$m" --data "$WORK/data/$m.jsonl" --seconds "$RAW_SECONDS" \
     --batches "$RAW_BATCHES" --json "$WORK/raw.json"
   "$PY" "$RESULTS_PY" raw "$RECORDS" "$WORK/raw.json" series_load1="$SERIES_LOAD" \
     series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET"
@@ -415,7 +429,7 @@ stop_server "$SERVER_PID"
 
 for m in "${MODELS[@]}"; do
   port=$(free_port)
-  start_server "$WORK/fastapi.log" env BENCH_ONNX_MODEL="$ROOT/examples/models/$m/1/model.onnx" \
+  start_server "$WORK/fastapi.log" env BENCH_ONNX_MODEL="$WORK/models/$m/1/model.onnx" \
     "$VENV/bin/uvicorn" fastapi_server:app --app-dir "$ROOT/bench/python" --host 127.0.0.1 \
     --port "$port" --workers 2 --no-access-log --log-level warning
   wait_for_url "http://127.0.0.1:$port/health" "$SERVER_PID"
@@ -426,7 +440,7 @@ done
 
 # ----------------------------------------------------------------------------- MLServer + sklearn
 
-"$PY" bench/python/train_sklearn.py "$WORK/mlserver" "${MODELS[@]}"
+"$PY" bench/python/train_sklearn.py "$WORK/mlserver" "$TINY"
 http_port=$(free_port)
 grpc_port=$(free_port)
 metrics_port=$(free_port)

@@ -262,7 +262,12 @@ def ratio_table(loads, raws):
         return f"{a / b:.2f}" if a and b else "–"
 
     hello = best(loads, server="hello")
-    for model, tiny in (("breast_cancer_lr", True), ("breast_cancer_mlp_large", False)):
+    # The hello series carries the tiny model's request; the overload run uses the heavy model.
+    tiny_model = next((r["model"] for r in loads if r["server"] == "hello"), None)
+    heavy_model = next((r["model"] for r in loads if r.get("table") == "overload"), None)
+    for model, tiny in ((tiny_model, True), (heavy_model, False)):
+        if model is None:
+            continue
         s_off = best(loads, server="serval", model=model, protocol="tf", batching="off")
         s_on = best(loads, server="serval", model=model, protocol="tf", batching="on")
         fa = best(loads, server="fastapi", model=model)

@@ -43,9 +43,10 @@ def infer_body(key: str) -> dict:
     }
 
 
-def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(slow_server):
-    url = f"{slow_server.url}/v2/models/iris_lr/infer"
-    # Capacity is max_queue_size + one engine thread per core; fill it from background threads.
+def fill_queue(server) -> tuple[list[threading.Thread], dict[int, requests.Response]]:
+    """Fills iris_lr's queue from background threads; returns them and where their answers go."""
+    url = f"{server.url}/v2/models/iris_lr/infer"
+    # Capacity is max_queue_size + one engine thread per core.
     capacity = 1 + (os.cpu_count() or 1)
     results: dict[int, requests.Response] = {}
 
@@ -57,12 +58,16 @@ def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(s
         t.start()
     deadline = time.time() + 10
     while time.time() < deadline:
-        stats = requests.get(f"{slow_server.url}/v2/models/iris_lr/stats", timeout=5).json()
+        stats = requests.get(f"{server.url}/v2/models/iris_lr/stats", timeout=5).json()
         if stats["model_stats"][0]["queue_size"] >= capacity:
-            break
+            return threads, results
         time.sleep(0.02)
-    else:
-        pytest.fail(f"queue never filled: {stats}")
+    pytest.fail(f"queue never filled: {stats}")
+
+
+def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(slow_server):
+    url = f"{slow_server.url}/v2/models/iris_lr/infer"
+    threads, results = fill_queue(slow_server)
 
     started = time.monotonic()
     refused = requests.post(url, json=infer_body("refused"), timeout=30)
@@ -78,6 +83,36 @@ def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(s
         assert res.status_code == 200, res.text
         keys = next(o for o in res.json()["outputs"] if o["name"] == "key")["data"]
         assert keys == [f"admitted-{i}"]
+
+
+def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
+    threads, results = fill_queue(slow_server)
+    tf = requests.post(
+        f"{slow_server.url}/v1/models/iris_lr:predict", json={"instances": [{"features": ROW}]}, timeout=30
+    )
+    assert tf.status_code == 429, tf.text
+    assert tf.headers.get("Retry-After") == "1"
+    assert "overloaded" in tf.json()["error"]
+    # The body is not even decoded: a full queue refuses a malformed request the same way, so
+    # overload costs no parsing.
+    bad = requests.post(
+        f"{slow_server.url}/v2/models/iris_lr/infer",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert bad.status_code == 429, bad.text
+    for t in threads:
+        t.join(timeout=30)
+    assert all(res.status_code == 200 for res in results.values()), [r.text for r in results.values()]
+    # Once the queue drains, the same malformed body is a 400 naming the problem.
+    bad = requests.post(
+        f"{slow_server.url}/v2/models/iris_lr/infer",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert bad.status_code == 400, bad.text
 
 
 def test_request_past_its_deadline_is_504_and_not_computed(slow_server):

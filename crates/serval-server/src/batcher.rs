@@ -136,6 +136,12 @@ impl Batcher {
         &self.queue.metrics
     }
 
+    /// Whether a request would be refused now: every queue slot is taken. A hint for shedding
+    /// before decoding; `submit` still decides for real.
+    pub fn is_full(&self) -> bool {
+        self.admitted.available_permits() == 0
+    }
+
     /// Requests currently waiting.
     pub fn queued(&self) -> usize {
         self.queue.lock().entries.len()
@@ -199,7 +205,9 @@ impl Batcher {
                 replies.push(rx);
             }
         }
-        self.queue.arrived.notify_all();
+        // One worker is enough to take the new entries; waking every worker only to have all but
+        // one go back to sleep cost a futex wake and a context switch per request.
+        self.queue.arrived.notify_one();
         drop(admission);
         let mut pieces = Vec::with_capacity(replies.len());
         for rx in replies {

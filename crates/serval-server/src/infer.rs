@@ -98,6 +98,21 @@ impl Inferencer {
             .map_err(|_| ServerError::Busy(self.max_in_flight))
     }
 
+    /// Refuses a request at once when its model's queues are full, so overload costs a body read
+    /// but no decoding. Models with a precomputed table are never shed here: the table may
+    /// answer without the queue.
+    pub fn shed_if_saturated(&self, model: &str, version: &VersionSelector) -> Result<()> {
+        let saturated = self.precomputed.table(model).is_none()
+            && self
+                .store
+                .model(model)
+                .is_ok_and(|served| served.saturated(version));
+        if saturated {
+            return Err(ServerError::Overloaded(model.to_owned()));
+        }
+        Ok(())
+    }
+
     /// The loaded models.
     pub fn store(&self) -> &ModelStore {
         &self.store

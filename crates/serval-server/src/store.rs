@@ -153,6 +153,22 @@ impl ServedModel {
         self.resolve(selector)
     }
 
+    /// Whether every version `selector` could route to has a full queue, so a request for it
+    /// would be refused whatever its body holds.
+    pub fn saturated(&self, selector: &VersionSelector) -> bool {
+        let canary = match selector {
+            VersionSelector::Default => self
+                .config
+                .versions
+                .canary
+                .as_ref()
+                .and_then(|c| self.versions.get(&c.version)),
+            _ => None,
+        };
+        self.resolve(selector)
+            .is_ok_and(|v| v.batcher.is_full() && canary.is_none_or(|c| c.batcher.is_full()))
+    }
+
     fn default_version(&self) -> Result<u64> {
         let canary = self.config.versions.canary.as_ref().map(|c| c.version);
         self.config

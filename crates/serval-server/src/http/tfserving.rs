@@ -151,6 +151,9 @@ async fn post_model(
     }
     let target = parse_target(path)?;
     let bytes = read_body(&headers, body, &state.limits).await?;
+    state
+        .inferencer
+        .shed_if_saturated(&target.model, &target.version)?;
     let served = state
         .inferencer
         .store()

@@ -324,6 +324,8 @@ async fn infer(
     body: Body,
 ) -> Result<Response> {
     let bytes = read_body(&headers, body, &state.limits).await?;
+    let selector = VersionSelector::parse(version.as_deref())?;
+    state.inferencer.shed_if_saturated(&model, &selector)?;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -354,7 +356,6 @@ async fn infer(
         None => (&bytes[..], &[][..]),
     };
     let request: InferRequestBody = parse_json(json_part)?;
-    let selector = VersionSelector::parse(version.as_deref())?;
     let key_name = state.inferencer.store().model(&model)?.config.key.clone();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
