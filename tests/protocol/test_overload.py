@@ -46,8 +46,9 @@ def infer_body(key: str) -> dict:
 def fill_queue(server) -> tuple[list[threading.Thread], dict[int, requests.Response]]:
     """Fills iris_lr's queue from background threads; returns them and where their answers go."""
     url = f"{server.url}/v2/models/iris_lr/infer"
-    # Capacity is max_queue_size + one engine thread per core.
-    capacity = 1 + (os.cpu_count() or 1)
+    # Capacity is max_queue_size + the engine threads (one for a model this cheap, see stats).
+    stats = requests.get(f"{server.url}/v2/models/iris_lr/stats", timeout=5).json()["model_stats"][0]
+    capacity = 1 + stats["engine_threads"]
     results: dict[int, requests.Response] = {}
 
     def send(i: int) -> None:
@@ -174,3 +175,29 @@ def test_server_wide_limit_sheds_before_reading_and_probes_still_answer(one_at_a
     assert requests.get(f"{server.url}/v2/models/iris_lr", timeout=5).status_code == 200
     waiting.join(timeout=30)
     assert first["res"].status_code == 200, first["res"].text
+
+
+@pytest.fixture(scope="module")
+def threads_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo-threads")
+    for name in ("iris_lr", "breast_cancer_mlp_large"):
+        shutil.copytree(REPO / name, repo / name)
+    shutil.copytree(REPO / "iris_lr", repo / "iris_lr_three")
+    (repo / "iris_lr_three" / "config.toml").write_text("instances = 3\n")
+    server = ServalServer(repo=repo)
+    yield server
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
+def test_engine_threads_one_for_cheap_models_one_per_core_otherwise_unless_configured(threads_server):
+    def threads(model: str) -> tuple[int, int]:
+        stats = requests.get(f"{threads_server.url}/v2/models/{model}/stats", timeout=5).json()
+        config = requests.get(f"{threads_server.url}/v2/models/{model}/config", timeout=5).json()
+        return stats["model_stats"][0]["engine_threads"], config["instance_group"][0]["count"]
+
+    # A logistic regression computes a full batch faster than one core parses its requests: a
+    # second thread would only split batches. The 512-unit MLP is not that cheap.
+    assert threads("iris_lr") == (1, 1)
+    cores = os.cpu_count() or 1
+    assert threads("breast_cancer_mlp_large") == (cores, cores)
+    assert threads("iris_lr_three") == (3, 3)

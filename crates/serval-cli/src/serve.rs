@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Most instances in one request (413 beyond).
     #[arg(long, env = "SERVAL_MAX_INSTANCES", default_value_t = 100_000)]
     max_instances: usize,
+    /// Threads for network I/O and request decoding (TF Serving's --rest_api_num_threads); the
+    /// default is one per core. Inference runs on each model's own engine threads, not these.
+    #[arg(long, env = "SERVAL_IO_THREADS")]
+    io_threads: Option<usize>,
     /// Seconds between repository re-scans (file notifications also trigger one); 0 never reloads.
     #[arg(long, env = "SERVAL_POLL_INTERVAL_SECS", default_value_t = 2.0)]
     poll_interval_secs: f64,
@@ -85,9 +89,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?,
         precomputed: args.precomputed,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.io_threads {
+        anyhow::ensure!(threads > 0, "--io-threads must be at least 1");
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     let repository = match args.repository.remote()? {
         Some(remote) => {
             runtime.block_on(remote.sync())?;

@@ -25,6 +25,7 @@ type Reply = Result<Vec<(String, Tensor)>>;
 /// queue and exit.
 pub struct Batcher {
     queue: Arc<Queue>,
+    workers: usize,
     admitted: Arc<Semaphore>,
     admitted_kib: Arc<Semaphore>,
 }
@@ -104,7 +105,8 @@ impl Batcher {
             stats: Stats::default(),
             metrics,
         });
-        for ix in 0..workers.max(1) {
+        let workers = workers.max(1);
+        for ix in 0..workers {
             let queue = queue.clone();
             let name = format!(
                 "serval-{}-v{}-{ix}",
@@ -121,6 +123,7 @@ impl Batcher {
         }
         Batcher {
             queue,
+            workers,
             admitted,
             admitted_kib,
         }
@@ -134,6 +137,11 @@ impl Batcher {
     /// This version's Prometheus series.
     pub fn metrics(&self) -> &VersionMetrics {
         &self.queue.metrics
+    }
+
+    /// Engine threads serving this queue.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Whether a request would be refused now: every queue slot is taken. A hint for shedding

@@ -234,6 +234,7 @@ fn version_stats(model: &str, served: &crate::store::ServedVersion) -> Value {
             "compute_infer": {"count": s.executions.load(Relaxed), "ns": s.compute_ns.load(Relaxed)},
         },
         "queue_size": served.batcher.queued(),
+        "engine_threads": served.batcher.workers(),
         "memory": {"rss_bytes_at_load": served.rss_bytes_at_load, "process_rss_bytes": crate::store::resident_bytes()},
     })
 }
@@ -269,6 +270,8 @@ fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Respon
             "max_queue_delay_microseconds": m.config().batching.max_queue_delay_us,
             "preferred_batch_size": m.config().batching.preferred_batch_sizes,
         },
+        // The engine threads are Triton's CPU model instances.
+        "instance_group": [{"kind": "KIND_CPU", "count": served.batcher.workers()}],
         "version_policy": {"latest": {"num_versions": 1}},
     }))
 }
