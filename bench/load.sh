@@ -34,7 +34,8 @@ OHA_VERSION=1.16.0
 LOAD_MAX=${BENCH_LOAD_MAX:-0.7}
 LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
 VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
-BATCH_ON_SIZE=64
+# The heavy model runs fastest at 128-row batches (bench/python/make_heavy_model.py).
+BATCH_ON_SIZE=128
 BATCH_ON_DELAY_US=500
 # Queue slots beyond the busy workers: the knob that bounds an admitted request's wait.
 OVERLOAD_QUEUE=2
