@@ -60,6 +60,16 @@ def served_table(tmp_path):
     assert code == 0, f"serval exited with {code} after SIGTERM:\n{server.stderr_text()}"
 
 
+def precomputed_instances(server) -> float:
+    """`serval_precomputed_instances_total` for the model, summed over versions (0 if absent)."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("serval_precomputed_instances_total{") and f'model="{MODEL}"' in line
+    )
+
+
 def test_known_keys_come_from_the_table(served_table):
     server, _, manifest = served_table
     rows = [0, 4, 9]
@@ -69,6 +79,7 @@ def test_known_keys_come_from_the_table(served_table):
     assert payload["model_version"] == "1"
     assert list(out["key"]) == golden_keys(MODEL, rows)
     assert_outputs_match(MODEL, out, rows=rows)
+    assert precomputed_instances(server) == len(rows)
 
 
 def test_unknown_keys_go_to_the_live_model(served_table):
@@ -86,6 +97,7 @@ def test_unknown_keys_go_to_the_live_model(served_table):
         "inputs": [{"name": "features", "shape": [1, 30], "datatype": "FP32", "data": x[0]}]}, timeout=10)
     assert res.status_code == 200, res.text
     assert HEADER not in res.headers
+    assert precomputed_instances(server) == 0
 
 
 def test_other_signature_goes_to_the_live_model(served_table):

@@ -86,7 +86,21 @@ def test_full_queue_answers_429_with_retry_after_and_admitted_requests_succeed(s
         assert keys == [f"admitted-{i}"]
 
 
+def refusals(server, protocol: str) -> float:
+    """`serval_requests_total` with status 429 for iris_lr over `protocol`."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("serval_requests_total{")
+        and 'model="iris_lr"' in line
+        and 'status="429"' in line
+        and f'protocol="{protocol}"' in line
+    )
+
+
 def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
+    before = refusals(slow_server, "tfserving"), refusals(slow_server, "v2_rest")
     threads, results = fill_queue(slow_server)
     tf = requests.post(
         f"{slow_server.url}/v1/models/iris_lr:predict", json={"instances": [{"features": ROW}]}, timeout=30
@@ -103,6 +117,8 @@ def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
         timeout=30,
     )
     assert bad.status_code == 429, bad.text
+    # Refusals before decoding are counted like every other refusal.
+    assert (refusals(slow_server, "tfserving"), refusals(slow_server, "v2_rest")) == (before[0] + 1, before[1] + 1)
     for t in threads:
         t.join(timeout=30)
     assert all(res.status_code == 200 for res in results.values()), [r.text for r in results.values()]

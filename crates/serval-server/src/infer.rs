@@ -101,13 +101,20 @@ impl Inferencer {
     /// Refuses a request at once when its model's queues are full, so overload costs a body read
     /// but no decoding. Models with a precomputed table are never shed here: the table may
     /// answer without the queue.
-    pub fn shed_if_saturated(&self, model: &str, version: &VersionSelector) -> Result<()> {
+    pub fn shed_if_saturated(
+        &self,
+        model: &str,
+        version: &VersionSelector,
+        protocol: &'static str,
+    ) -> Result<()> {
         let saturated = self.precomputed.table(model).is_none()
             && self
                 .store
                 .model(model)
                 .is_ok_and(|served| served.saturated(version));
         if saturated {
+            // Counted like the batcher's own refusals, which go through `infer`.
+            metrics::record_request(model, "", protocol, 429, Duration::ZERO);
             return Err(ServerError::Overloaded(model.to_owned()));
         }
         Ok(())
@@ -170,6 +177,7 @@ impl Inferencer {
         if let Some(table) = self.precomputed.table(&request.model) {
             let signature = served.model.signature(Some(valid.signature()))?;
             if let Some(outputs) = table.lookup(version, signature, &keys) {
+                served.batcher.metrics().record_precomputed(keys.len());
                 return Ok(InferResponse {
                     model: request.model,
                     version,

@@ -78,6 +78,7 @@ pub struct VersionMetrics {
     queue_duration: OnceLock<Histogram>,
     compute_duration: OnceLock<Histogram>,
     batch_instances: OnceLock<Histogram>,
+    precomputed_instances: OnceLock<Counter>,
 }
 
 impl VersionMetrics {
@@ -91,6 +92,7 @@ impl VersionMetrics {
             queue_duration: OnceLock::new(),
             compute_duration: OnceLock::new(),
             batch_instances: OnceLock::new(),
+            precomputed_instances: OnceLock::new(),
         }
     }
 
@@ -117,6 +119,19 @@ impl VersionMetrics {
             .increment(1);
         self.histogram(&self.request_duration, "request_duration_seconds")
             .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts instances answered from a precomputed batch table instead of the engine.
+    pub fn record_precomputed(&self, instances: usize) {
+        self.precomputed_instances
+            .get_or_init(|| {
+                let labels = [
+                    ("model", self.model.clone()),
+                    ("version", self.version.clone()),
+                ];
+                metrics::counter!(format!("{PREFIX}_precomputed_instances_total"), &labels)
+            })
+            .increment(instances as u64);
     }
 
     /// Observes how long a queued request waited for a worker.

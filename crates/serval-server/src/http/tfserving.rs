@@ -153,7 +153,7 @@ async fn post_model(
     let bytes = read_body(&headers, body, &state.limits).await?;
     state
         .inferencer
-        .shed_if_saturated(&target.model, &target.version)?;
+        .shed_if_saturated(&target.model, &target.version, "tfserving")?;
     let served = state
         .inferencer
         .store()

@@ -328,7 +328,9 @@ async fn infer(
 ) -> Result<Response> {
     let bytes = read_body(&headers, body, &state.limits).await?;
     let selector = VersionSelector::parse(version.as_deref())?;
-    state.inferencer.shed_if_saturated(&model, &selector)?;
+    state
+        .inferencer
+        .shed_if_saturated(&model, &selector, "v2_rest")?;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
