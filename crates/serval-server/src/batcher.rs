@@ -59,6 +59,9 @@ struct Queue {
 struct QueueState {
     entries: VecDeque<Entry>,
     closed: bool,
+    /// Workers blocked on `arrived`. A submit signals the condvar only when one is: signalling
+    /// costs a futex syscall even with nobody waiting, and a busy worker finds new entries itself.
+    sleeping: usize,
 }
 
 /// One admitted part of a request, waiting for a worker.
@@ -100,6 +103,7 @@ impl Batcher {
             state: Mutex::new(QueueState {
                 entries: VecDeque::new(),
                 closed: false,
+                sleeping: 0,
             }),
             arrived: Condvar::new(),
             stats: Stats::default(),
@@ -193,7 +197,7 @@ impl Batcher {
         };
         let now = Instant::now();
         let mut replies = Vec::with_capacity(parts.len());
-        {
+        let sleeping = {
             let mut state = self.queue.lock();
             if state.closed {
                 return Err(ServerError::Unavailable(format!(
@@ -212,10 +216,15 @@ impl Batcher {
                 });
                 replies.push(rx);
             }
+            state.sleeping
+        };
+        // One worker is enough to take one entry; waking every worker only to have all but one go
+        // back to sleep cost a futex wake and a context switch per request.
+        match (sleeping, replies.len()) {
+            (0, _) => {}
+            (_, 1) => self.queue.arrived.notify_one(),
+            _ => self.queue.arrived.notify_all(),
         }
-        // One worker is enough to take the new entries; waking every worker only to have all but
-        // one go back to sleep cost a futex wake and a context switch per request.
-        self.queue.arrived.notify_one();
         drop(admission);
         let mut pieces = Vec::with_capacity(replies.len());
         for rx in replies {
@@ -260,20 +269,30 @@ impl Queue {
                 let full = rows >= self.cfg.max_batch_size
                     || self.cfg.preferred_batch_sizes.contains(&rows);
                 if full || waited >= delay || state.closed {
-                    return Some(take_batch(&mut state.entries, &self.cfg));
+                    let batch = take_batch(&mut state.entries, &self.cfg);
+                    // What this batch left behind (a burst beyond one batch, or entries that
+                    // cannot join it) goes to a sleeping worker now, not at the next submit.
+                    if !state.entries.is_empty() && state.sleeping > 0 {
+                        self.arrived.notify_one();
+                    }
+                    return Some(batch);
                 }
+                state.sleeping += 1;
                 let (next, _) = self
                     .arrived
                     .wait_timeout(state, delay - waited)
                     .unwrap_or_else(PoisonError::into_inner);
                 state = next;
+                state.sleeping -= 1;
             } else if state.closed {
                 return None;
             } else {
+                state.sleeping += 1;
                 state = self
                     .arrived
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
+                state.sleeping -= 1;
             }
         }
     }

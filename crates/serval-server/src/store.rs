@@ -658,7 +658,8 @@ const FRONT_END_NS_PER_REQUEST: u128 = 5_000;
 /// Engine threads for a version whose config names none: one per core, except for models so cheap
 /// that one thread running full batches keeps up with the whole front end. For those a second
 /// thread only splits the queue into smaller batches and adds a wake-up per request (measured on
-/// the bench's logistic regression: 52k req/s with two threads, 67k with one).
+/// the bench's logistic regression: 55.6k req/s with two threads, 64.8k with one; see
+/// docs/benchmarks.md).
 fn default_workers(model: &Model) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rows = model.config().batching.max_batch_size;
