@@ -16,12 +16,10 @@ from the same fitted estimator, after checking that onnxruntime and scikit-learn
 test rows.
 """
 
-import json
 import os
 import sys
 import warnings
 
-import joblib
 import numpy as np
 import onnxruntime as ort
 from sklearn.datasets import load_breast_cancer
@@ -33,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 import generate  # noqa: E402  (examples/generate.py: the split and the ONNX export)
+from train_sklearn import save_for_mlserver  # noqa: E402  (same directory)
 
 NAME = "breast_cancer_mlp_xl"
 HIDDEN = (4096, 4096, 4096)
@@ -63,16 +62,7 @@ def main(argv):
     np.testing.assert_array_equal(label, est.predict(X_test), err_msg=NAME)
     np.testing.assert_allclose(proba, est.predict_proba(X_test), atol=1e-4, err_msg=NAME)
 
-    model_dir = os.path.join(mlserver_dir, NAME)
-    os.makedirs(model_dir, exist_ok=True)
-    joblib.dump(est, os.path.join(model_dir, "model.joblib"))
-    settings = {
-        "name": NAME,
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "1"},
-    }
-    with open(os.path.join(model_dir, "model-settings.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+    model_dir = save_for_mlserver(est, NAME, mlserver_dir)
     print(f"{NAME}: {os.path.getsize(path) >> 20} MiB ONNX at {path}, joblib at {model_dir}")
 
 

@@ -65,6 +65,22 @@ def check_golden(name, est):
     )
 
 
+def save_for_mlserver(est, name, out):
+    """Writes OUT/<name>/model.joblib and the model-settings.json of MLServer's scikit-learn
+    runtime; returns the model's directory."""
+    model_dir = os.path.join(out, name)
+    os.makedirs(model_dir, exist_ok=True)
+    joblib.dump(est, os.path.join(model_dir, "model.joblib"))
+    settings = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "1"},
+    }
+    with open(os.path.join(model_dir, "model-settings.json"), "w") as f:
+        json.dump(settings, f, indent=1)
+    return model_dir
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -76,16 +92,7 @@ def main(argv):
         est = ESTIMATORS[name]()
         est.fit(X_train, y_train)
         check_golden(name, est)
-        model_dir = os.path.join(out, name)
-        os.makedirs(model_dir, exist_ok=True)
-        joblib.dump(est, os.path.join(model_dir, "model.joblib"))
-        settings = {
-            "name": name,
-            "implementation": "mlserver_sklearn.SKLearnModel",
-            "parameters": {"uri": "./model.joblib", "version": "1"},
-        }
-        with open(os.path.join(model_dir, "model-settings.json"), "w") as f:
-            json.dump(settings, f, indent=1)
+        model_dir = save_for_mlserver(est, name, out)
         print(f"{name}: trained, matches examples/golden/{name}.json -> {model_dir}")
 
 

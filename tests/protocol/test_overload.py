@@ -99,6 +99,15 @@ def refusals(server, protocol: str) -> float:
     )
 
 
+def post_malformed(server) -> requests.Response:
+    return requests.post(
+        f"{server.url}/v2/models/iris_lr/infer",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+
+
 def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
     before = refusals(slow_server, "tfserving"), refusals(slow_server, "v2_rest")
     threads, results = fill_queue(slow_server)
@@ -110,12 +119,7 @@ def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
     assert "overloaded" in tf.json()["error"]
     # The body is not even decoded: a full queue refuses a malformed request the same way, so
     # overload costs no parsing.
-    bad = requests.post(
-        f"{slow_server.url}/v2/models/iris_lr/infer",
-        data=b"{not json",
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    bad = post_malformed(slow_server)
     assert bad.status_code == 429, bad.text
     # Refusals before decoding are counted like every other refusal.
     assert (refusals(slow_server, "tfserving"), refusals(slow_server, "v2_rest")) == (before[0] + 1, before[1] + 1)
@@ -123,12 +127,7 @@ def test_full_queue_sheds_before_decoding_on_both_rest_protocols(slow_server):
         t.join(timeout=30)
     assert all(res.status_code == 200 for res in results.values()), [r.text for r in results.values()]
     # Once the queue drains, the same malformed body is a 400 naming the problem.
-    bad = requests.post(
-        f"{slow_server.url}/v2/models/iris_lr/infer",
-        data=b"{not json",
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    bad = post_malformed(slow_server)
     assert bad.status_code == 400, bad.text
 
 
