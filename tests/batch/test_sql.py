@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pyarrow.dataset as ds
 
 from batch_support import EXAMPLE_CSV, FEATURE_NAMES, MODEL, features_of, key_index, make_table, plain_strings, probabilities, run_serval, write_parquet
@@ -38,10 +39,10 @@ def test_select_prints_predicted_labels():
     assert got == {r["key"]: label for r, label in zip(g["rows"], g["outputs"]["label"])}, res.stdout
 
 
-def test_select_from_json_lines_file(tmp_path):
-    """A JSON Lines file queried directly, like a .csv or .parquet one (DataFusion knows JSON
-    Lines by the .json extension; .jsonl files go through --table)."""
-    path = tmp_path / "cases.json"
+@pytest.mark.parametrize("extension", ["json", "jsonl"])
+def test_select_from_json_lines_file(tmp_path, extension):
+    """A JSON Lines file queried directly, like a .csv or .parquet one, under either extension."""
+    path = tmp_path / f"cases.{extension}"
     g = GOLDEN[MODEL]
     path.write_text("".join(f'{{"key": "{r["key"]}", "features": {r["features"]}}}\n' for r in g["rows"]))
     res = sql(f"SELECT key, predict('{MODEL}', features)['label'] AS label FROM '{path}' ORDER BY key")

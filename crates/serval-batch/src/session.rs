@@ -1,8 +1,13 @@
 //! DataFusion sessions with Serval's functions and object stores.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::catalog::Session;
+use datafusion::common::GetExt;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::json::JsonFormatFactory;
+use datafusion::datasource::file_format::{FileFormat, FileFormatFactory};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -60,12 +65,43 @@ pub fn batch_session(
         .build_arc()
         .unwrap_or_else(|_| unreachable!("a runtime with default limits always builds"));
     let ctx = SessionContext::new_with_config_rt(config, runtime).enable_url_table();
+    if let Err(e) = ctx.state_ref().write().register_file_format(
+        Arc::new(JsonLinesFormatFactory(JsonFormatFactory::new())),
+        false,
+    ) {
+        tracing::warn!(error = %e, "cannot register the .jsonl file format");
+    }
     let report = Arc::new(PredictReport::default());
     ctx.register_udf(PredictUdf::new(catalog, options.on_error, report.clone()).into_udf());
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         MintKeyUdf::default(),
     ));
     (ctx, report)
+}
+
+/// JSON Lines under its own extension: DataFusion knows newline-delimited JSON only as `.json`,
+/// so `SELECT ... FROM 'rows.jsonl'` found no format for the file.
+#[derive(Debug)]
+struct JsonLinesFormatFactory(JsonFormatFactory);
+
+impl GetExt for JsonLinesFormatFactory {
+    fn get_ext(&self) -> String {
+        "jsonl".to_owned()
+    }
+}
+
+impl FileFormatFactory for JsonLinesFormatFactory {
+    fn create(
+        &self,
+        state: &dyn Session,
+        format_options: &HashMap<String, String>,
+    ) -> Result<Arc<dyn FileFormat>> {
+        self.0.create(state, format_options)
+    }
+
+    fn default(&self) -> Arc<dyn FileFormat> {
+        self.0.default()
+    }
 }
 
 /// Object stores created from the environment the first time a URL names their bucket, so
