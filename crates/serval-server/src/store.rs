@@ -19,7 +19,7 @@ use serde_json::Value;
 use serval_core::config::VersionPolicy;
 use serval_core::instances::decode_instances;
 use serval_core::model::MODEL_FILE;
-use serval_core::{DataType, Model, ModelConfig, ModelRepository, Tensor, TensorData};
+use serval_core::{DataType, Model, ModelConfig, ModelRepository, Signature, Tensor, TensorData};
 
 use crate::batcher::Batcher;
 use crate::error::{Result, ServerError};
@@ -626,14 +626,7 @@ fn warm_up(model: &Model) -> serval_core::Result<()> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             for signature in model.signatures() {
-                let inputs = signature
-                    .inputs
-                    .iter()
-                    .map(|spec| {
-                        let shape: Vec<usize> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
-                        (spec.name.clone(), zeros(spec.data_type, shape))
-                    })
-                    .collect();
+                let inputs = zero_inputs(signature, None);
                 model.predict(Some(&signature.name), inputs).map_err(|e| {
                     serval_core::Error::Load {
                         model: Some(model.name().to_owned()),
@@ -669,17 +662,7 @@ fn default_workers(model: &Model) -> usize {
     let Ok(signature) = model.signature(None) else {
         return cores;
     };
-    let inputs: Vec<(String, Tensor)> = signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let mut shape: Vec<usize> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
-            if let Some(batch) = shape.first_mut() {
-                *batch = rows;
-            }
-            (spec.name.clone(), zeros(spec.data_type, shape))
-        })
-        .collect();
+    let inputs = zero_inputs(signature, Some(rows));
     // The fastest of a few runs: the model is warm, and noise only ever adds time. A run ten
     // times over the line settles it at once, so heavy models do not pay five full batches at
     // load.
@@ -698,6 +681,22 @@ fn default_workers(model: &Model) -> usize {
     let ns_per_row = fastest / rows as u128;
     tracing::debug!(model = %model.name(), version = model.version(), rows, ns_per_row, "engine cost at a full batch");
     if fastest < line { 1 } else { cores }
+}
+
+/// Zero-filled inputs for `signature`: dynamic dimensions are 1, and the leading (batch)
+/// dimension is `rows` when given.
+fn zero_inputs(signature: &Signature, rows: Option<usize>) -> Vec<(String, Tensor)> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let mut shape: Vec<usize> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
+            if let (Some(rows), Some(batch)) = (rows, shape.first_mut()) {
+                *batch = rows;
+            }
+            (spec.name.clone(), zeros(spec.data_type, shape))
+        })
+        .collect()
 }
 
 fn zeros(data_type: DataType, shape: Vec<usize>) -> Tensor {
