@@ -670,6 +670,8 @@ fn default_workers(model: &Model) -> usize {
     let mut fastest = u128::MAX;
     for _ in 0..5 {
         let started = std::time::Instant::now();
+        // Zeros are not valid input for every model (string features it parses, say); such a
+        // model keeps the safe default rather than failing to load over a heuristic.
         if model.predict(None, inputs.clone()).is_err() {
             return cores;
         }
