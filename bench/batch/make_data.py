@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from sklearn.datasets import load_breast_cancer
 
 CHUNK_ROWS = 1 << 17
 NOISE = 0.05
@@ -39,6 +38,9 @@ EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 
 
 def feature_data():
+    # Imported here so the test suite can use json_lines() without scikit-learn installed.
+    from sklearn.datasets import load_breast_cancer
+
     data = load_breast_cancer()
     base = np.ascontiguousarray(data.data, dtype=np.float32)
     scale = (base.std(axis=0, dtype=np.float64) * NOISE).astype(np.float32)
@@ -66,6 +68,22 @@ def chunks(rows, seed, names, base, scale):
         yield make_chunk(seed, c, start, min(CHUNK_ROWS, rows - start), names, base, scale)
 
 
+def json_lines(table):
+    """One JSON object per row, newline included, keys in column order, built with Arrow string
+    kernels: floats as the shortest text that reads back to the same float. String values are
+    quoted, not escaped (keys here are "row-<digits>"), and nulls are not supported."""
+    parts = []
+    for i, name in enumerate(table.column_names):
+        col = table.column(name)
+        if pa.types.is_string(col.type):
+            text = pc.binary_join_element_wise('"', col, '"', "")
+        else:
+            text = col.cast(pa.string())
+        parts += [("{" if i == 0 else ",") + json.dumps(name) + ":", text]
+    parts.append("}\n")
+    return pc.binary_join_element_wise(*parts, "")
+
+
 class JsonlWriter:
     """JSON Lines built with Arrow string kernels: one object per row, keys in column order."""
 
@@ -74,17 +92,7 @@ class JsonlWriter:
         self.names = schema.names
 
     def write_table(self, table):
-        parts = []
-        for i, name in enumerate(self.names):
-            col = table.column(name)
-            if pa.types.is_string(col.type):
-                # Keys are "row-<digits>": nothing to escape.
-                text = pc.binary_join_element_wise('"', col, '"', "")
-            else:
-                text = col.cast(pa.string())
-            parts += [("{" if i == 0 else ",") + json.dumps(name) + ":", text]
-        parts.append("}\n")
-        lines = pc.binary_join_element_wise(*parts, "")
+        lines = json_lines(table.select(self.names))
         for chunk in lines.chunks:
             offsets = chunk.buffers()[1]
             lo, hi = np.frombuffer(offsets, dtype=np.int32)[[chunk.offset, chunk.offset + len(chunk)]]

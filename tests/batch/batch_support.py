@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocol"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "batch"))
 
+from make_data import json_lines  # noqa: E402
 from support import GOLDEN, REPO, ROOT, serval_bin  # noqa: E402
 
 MODEL = "breast_cancer_lr"
@@ -77,21 +79,11 @@ def write_csv(table: pa.Table, path: Path) -> Path:
 
 
 def write_jsonl(table: pa.Table, path: Path) -> Path:
-    """One JSON object per line, built with Arrow string kernels as make_data.py does: floats
-    as the shortest text that reads back to the same float32; string values need no escaping."""
-    parts = []
-    for i, name in enumerate(table.column_names):
-        column = table.column(name)
-        assert column.null_count == 0, name
-        if pa.types.is_string(column.type):
-            text = pc.binary_join_element_wise('"', column, '"', "")
-        else:
-            text = column.cast(pa.string())
-        parts += [("{" if i == 0 else ",") + json.dumps(name) + ":", text]
-    parts.append("}")
-    lines = pc.binary_join_element_wise(*parts, "")
+    """One JSON object per line, written as bench/batch/make_data.py writes its data."""
+    for name in table.column_names:
+        assert table.column(name).null_count == 0, name
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines.to_pylist()) + "\n")
+        f.write("".join(json_lines(table).to_pylist()))
     return path
 
 
