@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Result, ServerError};
 use crate::metrics;
 use crate::precomputed::PrecomputedTables;
-use crate::store::{ModelStore, ServedVersion, VersionSelector};
+use crate::store::{ModelStore, ServedModel, ServedVersion, VersionSelector};
 
 /// A decoded request, independent of protocol.
 pub struct InferRequest {
@@ -103,19 +103,14 @@ impl Inferencer {
     /// answer without the queue.
     pub fn shed_if_saturated(
         &self,
-        model: &str,
+        model: &ServedModel,
         version: &VersionSelector,
         protocol: &'static str,
     ) -> Result<()> {
-        let saturated = self.precomputed.table(model).is_none()
-            && self
-                .store
-                .model(model)
-                .is_ok_and(|served| served.saturated(version));
-        if saturated {
+        if model.saturated(version) && self.precomputed.table(&model.name).is_none() {
             // Counted like the batcher's own refusals, which go through `infer`.
-            metrics::record_request(model, "", protocol, 429, Duration::ZERO);
-            return Err(ServerError::Overloaded(model.to_owned()));
+            metrics::record_request(&model.name, "", protocol, 429, Duration::ZERO);
+            return Err(ServerError::Overloaded(model.name.clone()));
         }
         Ok(())
     }

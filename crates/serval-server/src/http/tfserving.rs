@@ -151,14 +151,13 @@ async fn post_model(
     }
     let target = parse_target(path)?;
     let bytes = read_body(&headers, body, &state.limits).await?;
-    state
-        .inferencer
-        .shed_if_saturated(&target.model, &target.version, "tfserving")?;
-    let served = state
-        .inferencer
-        .store()
-        .model(&target.model)
-        .and_then(|m| m.resolve(&target.version));
+    let served_model = state.inferencer.store().model(&target.model);
+    if let Ok(m) = &served_model {
+        state
+            .inferencer
+            .shed_if_saturated(m, &target.version, "tfserving")?;
+    }
+    let served = served_model.and_then(|m| m.resolve(&target.version));
     let (signature, decoded, columnar) = match served
         .as_ref()
         .ok()

@@ -328,9 +328,10 @@ async fn infer(
 ) -> Result<Response> {
     let bytes = read_body(&headers, body, &state.limits).await?;
     let selector = VersionSelector::parse(version.as_deref())?;
+    let served_model = state.inferencer.store().model(&model)?;
     state
         .inferencer
-        .shed_if_saturated(&model, &selector, "v2_rest")?;
+        .shed_if_saturated(&served_model, &selector, "v2_rest")?;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -361,7 +362,7 @@ async fn infer(
         None => (&bytes[..], &[][..]),
     };
     let request: InferRequestBody = parse_json(json_part)?;
-    let key_name = state.inferencer.store().model(&model)?.config.key.clone();
+    let key_name = served_model.config.key.clone();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
         let data_type = codec::data_type_of(&input.name, &input.datatype)?;
