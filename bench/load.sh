@@ -38,8 +38,9 @@ VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 # throughput example; tract falls off a cliff there on 4096-wide layers).
 BATCH_ON_SIZE=64
 BATCH_ON_DELAY_US=500
-# Queue slots beyond the busy workers: the knob that bounds an admitted request's wait.
-OVERLOAD_QUEUE=2
+# Queue slots beyond the busy workers: the knob that bounds an admitted request's wait. 0: a
+# request is admitted only while an engine thread is free to start it.
+OVERLOAD_QUEUE=0
 OVERLOAD_CONNECTIONS=512
 OPEN_CONNECTIONS=256
 if ((QUICK)); then
@@ -287,7 +288,10 @@ make_repo() {
 }
 make_repo "$WORK/repo-off" 1 0 1024 "${MODELS[@]}"
 make_repo "$WORK/repo-on" "$BATCH_ON_SIZE" "$BATCH_ON_DELAY_US" 1024 "${MODELS[@]}"
-make_repo "$WORK/repo-overload" 1 0 "$OVERLOAD_QUEUE" "$HEAVY"
+make_repo "$WORK/repo-overload-default" 1 0 "$OVERLOAD_QUEUE" "$HEAVY"
+make_repo "$WORK/repo-overload-1" 1 0 "$OVERLOAD_QUEUE" "$HEAVY"
+# One engine thread leaves a core to the HTTP side and the load generator.
+sed -i '1i instances = 1' "$WORK/repo-overload-1/$HEAVY/config.toml"
 
 # Request bodies: one real row (the first of examples/data/<model>.jsonl), batch of 1.
 for m in "${MODELS[@]}"; do
@@ -383,41 +387,57 @@ for batching in off on; do
   stop_server "$SERVER_PID"
 done
 
-# Overload: the heavy model without batching (the lowest capacity, so 10x is reachable), a small
-# queue, and an open loop at 10x its best closed-loop throughput.
-MAX_RPS=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" server=serval model="$HEAVY" protocol=tf batching=off)
-OVER_RATE=$((MAX_RPS * 10))
-serval_start "$WORK/repo-overload"
-URL="http://$SERVAL_ADDR/v1/models/$HEAVY:predict"
-log "overload $HEAVY: unloaded c=1, then -q $OVER_RATE -c $OVERLOAD_CONNECTIONS"
-check_predict "$URL" "$WORK/$HEAVY.tf.json"
-warmup "$URL" "$WORK/$HEAVY.tf.json"
-OVER_META=(server=serval model="$HEAVY" protocol=tf batching=off max_queue_size="$OVERLOAD_QUEUE"
-  series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED" series_quiet="$SERIES_QUIET")
-l=$(load1)
-oha_run "$WORK/oha.json" "$URL" "$WORK/$HEAVY.tf.json" -c 1
-"$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${OVER_META[@]}" table=overload mode=closed \
-  concurrency=1 load1="$l"
-l=$(load1)
-# Halfway through, catch one 429 with curl to record its Retry-After header.
-(
-  sleep $((DURATION / 2))
-  for _ in $(seq 200); do
-    code=$(curl -s -o /dev/null -D "$WORK/headers" -w '%{http_code}' \
-      -H 'content-type: application/json' --data-binary "@$WORK/$HEAVY.tf.json" "$URL" || true)
-    [[ $code == 429 ]] && break
-  done
-) &
-probe=$!
-oha_run "$WORK/oha.json" "$URL" "$WORK/$HEAVY.tf.json" -c "$OVERLOAD_CONNECTIONS" -q "$OVER_RATE"
-wait "$probe" || true
-retry_after=$(tr -d '\r' <"$WORK/headers" 2>/dev/null | awk -F': *' 'tolower($1) == "retry-after" { print $2 }')
-first_line=$(head -1 "$WORK/headers" 2>/dev/null | tr -d '\r')
-log "  probe: ${first_line:-no answer}, Retry-After: ${retry_after:-none}"
-"$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${OVER_META[@]}" mode=overload \
-  concurrency="$OVERLOAD_CONNECTIONS" rate="$OVER_RATE" max_rps="$MAX_RPS" load1="$l" \
-  probe_status="${first_line:-none}" retry_after="${retry_after:-none}"
-stop_server "$SERVER_PID"
+# Overload: the heavy model without batching (the lowest capacity, so 10x is reachable), no
+# waiting room, and an open loop at 10x the capacity of the configuration under test: first with
+# the default engine threads (one per core), then with one engine thread.
+overload_run() {
+  local threads=$1 capacity rate l probe retry_after first_line meta
+  serval_start "$WORK/repo-overload-$threads"
+  local url="http://$SERVAL_ADDR/v1/models/$HEAVY:predict"
+  check_predict "$url" "$WORK/$HEAVY.tf.json"
+  warmup "$url" "$WORK/$HEAVY.tf.json"
+  meta=(server=serval model="$HEAVY" protocol=tf batching=off max_queue_size="$OVERLOAD_QUEUE"
+    engine_threads="$threads" series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED"
+    series_quiet="$SERIES_QUIET")
+  if [[ $threads == default ]]; then
+    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" server=serval model="$HEAVY" protocol=tf batching=off)
+  else
+    # This configuration's own capacity: a closed loop deep enough to keep its threads busy.
+    oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c 8
+    "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" table=overload mode=capacity \
+      concurrency=8 load1="$(load1)"
+    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" engine_threads="$threads" mode=capacity)
+  fi
+  rate=$((capacity * 10))
+  log "overload $HEAVY, engine threads $threads: unloaded c=1, then -q $rate -c $OVERLOAD_CONNECTIONS"
+  l=$(load1)
+  oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c 1
+  "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" table=overload mode=closed \
+    concurrency=1 load1="$l"
+  l=$(load1)
+  # Halfway through, catch one 429 with curl to record its Retry-After header.
+  rm -f "$WORK/headers"
+  (
+    sleep $((DURATION / 2))
+    for _ in $(seq 200); do
+      code=$(curl -s -o /dev/null -D "$WORK/headers" -w '%{http_code}' \
+        -H 'content-type: application/json' --data-binary "@$WORK/$HEAVY.tf.json" "$url" || true)
+      [[ $code == 429 ]] && break
+    done
+  ) &
+  probe=$!
+  oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c "$OVERLOAD_CONNECTIONS" -q "$rate"
+  wait "$probe" || true
+  retry_after=$(tr -d '\r' <"$WORK/headers" 2>/dev/null | awk -F': *' 'tolower($1) == "retry-after" { print $2 }')
+  first_line=$(head -1 "$WORK/headers" 2>/dev/null | tr -d '\r')
+  log "  probe: ${first_line:-no answer}, Retry-After: ${retry_after:-none}"
+  "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" mode=overload \
+    concurrency="$OVERLOAD_CONNECTIONS" rate="$rate" max_rps="$capacity" load1="$l" \
+    probe_status="${first_line:-none}" retry_after="${retry_after:-none}"
+  stop_server "$SERVER_PID"
+}
+overload_run default
+overload_run 1
 
 # ----------------------------------------------------------------------------- hello (HTTP ceiling)
 

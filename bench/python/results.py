@@ -4,7 +4,8 @@ results file and prints the markdown tables. Standard library only.
 
     results.py add RECORDS.jsonl OHA.json key=value ...     # one load run
     results.py raw RECORDS.jsonl THROUGHPUT.json key=value ... # one raw-engine run
-    results.py max-rps RECORDS.jsonl key=value ...           # best closed-loop ok req/s of a series
+    results.py max-rps RECORDS.jsonl key=value ...           # best ok req/s of a series (mode=closed
+                                                             # unless given, main table unless given)
     results.py finalize RECORDS.jsonl MACHINE.json OUT.json  # the results file
     results.py report RESULTS.json                           # markdown tables on stdout
 """
@@ -95,9 +96,11 @@ def matches(rec, meta):
 
 
 def max_rps(records, pairs):
-    meta = parse_meta(pairs)
+    meta = {"mode": "closed", **parse_meta(pairs)}
+    table = meta.pop("table", "main")
     best = max(
-        (r["ok_rps"] for r in load_records(records) if r["kind"] == "load" and r.get("mode") == "closed" and matches(r, meta)),
+        (r["ok_rps"] for r in load_records(records)
+         if r["kind"] == "load" and r.get("table", "main") == table and matches(r, meta)),
         default=0.0,
     )
     print(f"{best:.0f}")
@@ -190,36 +193,47 @@ def open_table(loads):
 
 
 def overload_table(loads):
-    unloaded = next((r for r in loads if r["mode"] == "closed" and r.get("table") == "overload"), None)
-    over = next((r for r in loads if r["mode"] == "overload"), None)
-    if not over:
+    """One column per engine-thread configuration, each with its own unloaded run."""
+    runs = [r for r in loads if r["mode"] == "overload"]
+    if not runs:
         return []
-    codes = over["status_codes"]
-    rejected = over["responses"] - over["ok"]
-    all_429 = all(k.startswith("2") or k == "429" for k in codes) and not over["errors"]
+    first = runs[0]
     out = [
-        f"Overload: {over['model']}, batching {over['batching']}, max_queue_size {over.get('max_queue_size')}, "
-        f"open loop at {fmt_rps(over['rate'])} req/s offered (10x the best closed-loop throughput "
-        f"{fmt_rps(over.get('max_rps'))}), {over['concurrency']} connections, {over['duration_s']:.0f} s:",
+        f"Overload: {first['model']}, batching {first['batching']}, max_queue_size {first.get('max_queue_size')}, "
+        f"open loop at 10x the configuration's best closed-loop throughput, {first['concurrency']} connections, "
+        f"{first['duration_s']:.0f} s:",
         "",
-        "| | value |",
-        "|---|---:|",
-        f"| requests answered (all codes) | {over['responses']:,} ({fmt_rps(over['all_rps'])}/s) |",
-        f"| admitted (200) | {over['ok']:,} ({fmt_rps(over['ok_rps'])}/s) |",
-        f"| rejected | {rejected:,} |",
-        f"| status codes | {', '.join(f'{k}: {v:,}' for k, v in sorted(codes.items()))} |",
-        f"| transport errors (excl. deadline aborts) | {sum(over['errors'].values()) if over['errors'] else 0} |",
-        f"| every rejection a 429 | {'yes' if all_429 else 'NO'} |",
-        f"| a 429 caught mid-run by curl | {over.get('probe_status', '–')}, Retry-After: {over.get('retry_after', '–')} |",
-        f"| admitted p50 / p99 (ms) | {fmt_ms(over['ok_p50_ms'])} / {fmt_ms(over['ok_p99_ms'])} |",
-        f"| rejected p50 / p99 (ms) | {fmt_ms(over['rejected_p50_ms'])} / {fmt_ms(over['rejected_p99_ms'])} |",
+        "| engine threads | " + " | ".join(str(r.get("engine_threads", "default")) for r in runs) + " |",
+        "|---|" + "---:|" * len(runs),
     ]
-    if unloaded:
-        ratio = over["ok_p99_ms"] / unloaded["p99_ms"] if over["ok_p99_ms"] and unloaded["p99_ms"] else None
-        out += [
-            f"| unloaded p50 / p99 (ms, c=1, same server) | {fmt_ms(unloaded['p50_ms'])} / {fmt_ms(unloaded['p99_ms'])} |",
-            f"| admitted p99 / unloaded p99 | {ratio:.2f}× |" if ratio else "| admitted p99 / unloaded p99 | – |",
-        ]
+    rows = {}
+
+    def row(name, cell):
+        rows.setdefault(name, []).append(cell)
+
+    for over in runs:
+        unloaded = next(
+            (r for r in loads if r["mode"] == "closed" and r.get("table") == "overload"
+             and r.get("engine_threads") == over.get("engine_threads")),
+            None,
+        )
+        codes = over["status_codes"]
+        all_429 = all(k.startswith("2") or k == "429" for k in codes) and not over["errors"]
+        row("capacity (best closed loop, req/s)", fmt_rps(over.get("max_rps")))
+        row("offered (req/s)", fmt_rps(over["rate"]))
+        row("requests answered (all codes)", f"{over['responses']:,} ({fmt_rps(over['all_rps'])}/s)")
+        row("admitted (200)", f"{over['ok']:,} ({fmt_rps(over['ok_rps'])}/s)")
+        row("status codes", ", ".join(f"{k}: {v:,}" for k, v in sorted(codes.items())))
+        row("transport errors (excl. deadline aborts)", str(sum(over["errors"].values()) if over["errors"] else 0))
+        row("every rejection a 429", "yes" if all_429 else "NO")
+        row("a 429 caught mid-run by curl", f"{over.get('probe_status', '–')}, Retry-After: {over.get('retry_after', '–')}")
+        row("admitted p50 / p99 (ms)", f"{fmt_ms(over['ok_p50_ms'])} / {fmt_ms(over['ok_p99_ms'])}")
+        row("rejected p50 / p99 (ms)", f"{fmt_ms(over['rejected_p50_ms'])} / {fmt_ms(over['rejected_p99_ms'])}")
+        if unloaded:
+            ratio = over["ok_p99_ms"] / unloaded["p99_ms"] if over["ok_p99_ms"] and unloaded["p99_ms"] else None
+            row("unloaded p50 / p99 (ms, c=1, same server)", f"{fmt_ms(unloaded['p50_ms'])} / {fmt_ms(unloaded['p99_ms'])}")
+            row("admitted p99 / unloaded p99 (target < 2)", f"{ratio:.2f}×" if ratio else "–")
+    out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
     return out
 
 

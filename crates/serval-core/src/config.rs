@@ -180,7 +180,9 @@ pub struct BatchingConfig {
     pub max_queue_delay_us: u64,
     /// Batch sizes the batcher prefers to cut at.
     pub preferred_batch_sizes: Vec<usize>,
-    /// Requests allowed to wait; beyond it the server answers 429 at once.
+    /// Requests allowed to wait for a busy engine thread; beyond it the server answers 429 at
+    /// once. An admitted request waits for at most about `max_queue_size / instances` runs ahead
+    /// of its own; 0 admits a request only while an engine thread is free to start it.
     pub max_queue_size: usize,
     /// Bytes of input allowed to wait (so memory stays bounded whatever the request sizes).
     pub max_queue_bytes: usize,

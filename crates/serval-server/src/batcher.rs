@@ -88,12 +88,16 @@ struct Admission {
 impl Batcher {
     /// Starts `workers` engine threads for `model`.
     pub fn start(model: Arc<Model>, workers: usize) -> Batcher {
+        let workers = workers.max(1);
         let mut cfg = model.config().batching.clone();
         if !model.is_batchable() {
             // A fixed leading dimension cannot stack requests: every request runs alone.
             cfg.max_batch_size = 1;
         }
-        let admitted = Arc::new(Semaphore::new(cfg.max_queue_size.max(1) + workers));
+        // Busy workers plus waiting room. With no waiting room (`max_queue_size = 0`) a request is
+        // admitted only while a worker is free to start it, so an admitted request never waits
+        // behind another: the lowest latency under overload, bought with idle gaps between runs.
+        let admitted = Arc::new(Semaphore::new(cfg.max_queue_size + workers));
         let kib = (cfg.max_queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         let admitted_kib = Arc::new(Semaphore::new(kib));
         let metrics = VersionMetrics::new(model.name(), model.version());
@@ -109,7 +113,6 @@ impl Batcher {
             stats: Stats::default(),
             metrics,
         });
-        let workers = workers.max(1);
         for ix in 0..workers {
             let queue = queue.clone();
             let name = format!(
@@ -197,7 +200,7 @@ impl Batcher {
         };
         let now = Instant::now();
         let mut replies = Vec::with_capacity(parts.len());
-        let sleeping = {
+        let wake = {
             let mut state = self.queue.lock();
             if state.closed {
                 return Err(ServerError::Unavailable(format!(
@@ -205,6 +208,7 @@ impl Batcher {
                     self.queue.model.name()
                 )));
             }
+            let was_empty = state.entries.is_empty();
             for part in parts {
                 let (tx, rx) = oneshot::channel();
                 state.entries.push_back(Entry {
@@ -216,14 +220,18 @@ impl Batcher {
                 });
                 replies.push(rx);
             }
-            state.sleeping
+            // A worker asleep on an empty queue must be woken. One asleep on a partial batch wakes
+            // by itself when `max_queue_delay_us` runs out, so it is woken early only when the
+            // batch has filled: waking it for every arrival cost a futex wake and a context switch
+            // per request, all to go back to sleep.
+            state.sleeping > 0 && (was_empty || self.queue.batch_ready(&state.entries))
         };
         // One worker is enough to take one entry; waking every worker only to have all but one go
         // back to sleep cost a futex wake and a context switch per request.
-        match (sleeping, replies.len()) {
-            (0, _) => {}
-            (_, 1) => self.queue.arrived.notify_one(),
-            _ => self.queue.arrived.notify_all(),
+        match (wake, replies.len()) {
+            (false, _) => {}
+            (true, 1) => self.queue.arrived.notify_one(),
+            (true, _) => self.queue.arrived.notify_all(),
         }
         drop(admission);
         let mut pieces = Vec::with_capacity(replies.len());
@@ -265,10 +273,7 @@ impl Queue {
             self.drop_abandoned(&mut state.entries);
             if let Some(oldest) = state.entries.front() {
                 let waited = oldest.enqueued.elapsed();
-                let rows = compatible_rows(&state.entries, self.cfg.max_batch_size);
-                let full = rows >= self.cfg.max_batch_size
-                    || self.cfg.preferred_batch_sizes.contains(&rows);
-                if full || waited >= delay || state.closed {
+                if waited >= delay || state.closed || self.batch_ready(&state.entries) {
                     let batch = take_batch(&mut state.entries, &self.cfg);
                     // What this batch left behind (a burst beyond one batch, or entries that
                     // cannot join it) goes to a sleeping worker now, not at the next submit.
@@ -295,6 +300,13 @@ impl Queue {
                 state.sleeping -= 1;
             }
         }
+    }
+
+    /// Whether the next batch is full (or at a preferred size), so it runs without waiting out
+    /// `max_queue_delay_us`.
+    fn batch_ready(&self, entries: &VecDeque<Entry>) -> bool {
+        let rows = compatible_rows(entries, self.cfg.max_batch_size);
+        rows >= self.cfg.max_batch_size || self.cfg.preferred_batch_sizes.contains(&rows)
     }
 
     /// Removes entries nobody waits for (client gone) or whose deadline passed.

@@ -69,11 +69,11 @@ pub async fn serve(
         config.limits.max_concurrent_requests,
     )
     .with_precomputed(tables.clone());
-    let state = http::AppState {
+    let state = Arc::new(http::RestState {
         inferencer: inferencer.clone(),
         limits: config.limits,
         metrics: config.metrics_addr.is_none().then(|| handle.clone()),
-    };
+    });
     let http_listener = bind(config.http_addr).await?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let metrics_listener = match config.metrics_addr {

@@ -113,14 +113,21 @@ async fn oversize_client_batch_is_split_not_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_refused_at_once() {
+    // Capacity is max_queue_size + workers; 0 leaves no waiting room beyond the one worker.
+    for max_queue_size in [0, 1] {
+        refused_beyond_capacity(max_queue_size).await;
+    }
+}
+
+async fn refused_beyond_capacity(max_queue_size: usize) {
     // The worker waits up to 10 s for a full batch, so admitted requests stay queued.
-    let (_dir, model) = load_iris(
-        "[batching]\nmax_batch_size = 1000\nmax_queue_delay_us = 10000000\nmax_queue_size = 1\n",
-    );
+    let (_dir, model) = load_iris(&format!(
+        "[batching]\nmax_batch_size = 1000\nmax_queue_delay_us = 10000000\nmax_queue_size = {max_queue_size}\n",
+    ));
     let batcher = Arc::new(Batcher::start(model.clone(), 1));
-    // Capacity is max_queue_size + workers = 2.
+    let capacity = max_queue_size + 1;
     let mut waiting = Vec::new();
-    for seed in 0..2 {
+    for seed in 0..capacity {
         let (batcher, valid) = (
             batcher.clone(),
             model.validate(None, features(seed, 1)).unwrap(),
@@ -129,7 +136,7 @@ async fn full_queue_is_refused_at_once() {
             async move { batcher.submit(valid, far()).await },
         ));
     }
-    while batcher.queued() < 2 {
+    while batcher.queued() < capacity {
         tokio::task::yield_now().await;
     }
     let started = Instant::now();

@@ -27,9 +27,12 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
 }
 
-/// Shared state of the REST handlers.
-#[derive(Clone)]
-pub struct AppState {
+/// Shared state of the REST handlers, behind one `Arc`: axum clones the state for every request
+/// (middleware and handler), and one reference count is cheaper than one per field.
+pub type AppState = std::sync::Arc<RestState>;
+
+/// What the REST handlers share.
+pub struct RestState {
     /// The protocol-neutral request path.
     pub inferencer: Inferencer,
     /// Request limits.
@@ -76,7 +79,7 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match state.metrics {
+    match &state.metrics {
         Some(handle) => handle.render().into_response(),
         None => {
             ServerError::NotFound("metrics are served on the metrics port".into()).into_response()
