@@ -406,7 +406,7 @@ overload_run() {
     oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c 8
     "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" table=overload mode=capacity \
       concurrency=8 load1="$(load1)"
-    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" engine_threads="$threads" mode=capacity)
+    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" engine_threads="$threads" mode=capacity table=overload)
   fi
   rate=$((capacity * 10))
   log "overload $HEAVY, engine threads $threads: unloaded c=1, then -q $rate -c $OVERLOAD_CONNECTIONS"
