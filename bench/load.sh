@@ -399,21 +399,20 @@ overload_run() {
   meta=(server=serval model="$HEAVY" protocol=tf batching=off max_queue_size="$OVERLOAD_QUEUE"
     engine_threads="$threads" series_load1="$SERIES_LOAD" series_waited_s="$SERIES_WAITED"
     series_quiet="$SERIES_QUIET")
-  if [[ $threads == default ]]; then
-    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" server=serval model="$HEAVY" protocol=tf batching=off)
-  else
-    # This configuration's own capacity: a closed loop deep enough to keep its threads busy.
-    oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c 8
-    "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" table=overload mode=capacity \
-      concurrency=8 load1="$(load1)"
-    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" engine_threads="$threads" mode=capacity table=overload)
-  fi
-  rate=$((capacity * 10))
-  log "overload $HEAVY, engine threads $threads: unloaded c=1, then -q $rate -c $OVERLOAD_CONNECTIONS"
+  log "overload $HEAVY, engine threads $threads: unloaded c=1"
   l=$(load1)
   oha_run "$WORK/oha.json" "$url" "$WORK/$HEAVY.tf.json" -c 1
   "$PY" "$RESULTS_PY" add "$RECORDS" "$WORK/oha.json" "${meta[@]}" table=overload mode=closed \
     concurrency=1 load1="$l"
+  if [[ $threads == default ]]; then
+    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" server=serval model="$HEAVY" protocol=tf batching=off)
+  else
+    # With no waiting room, a closed loop deeper than the one thread only collects 429s: the
+    # unloaded run is this configuration's capacity.
+    capacity=$("$PY" "$RESULTS_PY" max-rps "$RECORDS" engine_threads="$threads" table=overload)
+  fi
+  rate=$((capacity * 10))
+  log "overload $HEAVY, engine threads $threads: -q $rate -c $OVERLOAD_CONNECTIONS"
   l=$(load1)
   # Halfway through, catch one 429 with curl to record its Retry-After header.
   rm -f "$WORK/headers"
