@@ -226,8 +226,7 @@ impl Batcher {
             // per request, all to go back to sleep.
             state.sleeping > 0 && (was_empty || self.queue.batch_ready(&state.entries))
         };
-        // One worker is enough to take one entry; waking every worker only to have all but one go
-        // back to sleep cost a futex wake and a context switch per request.
+        // One worker is enough to take one entry; a split request may keep several busy.
         match (wake, replies.len()) {
             (false, _) => {}
             (true, 1) => self.queue.arrived.notify_one(),

@@ -1,5 +1,6 @@
-//! The dynamic batcher on real example models: rows come back to the right requests, a full
-//! queue is refused at once, abandoned requests are never computed.
+//! The dynamic batcher on real example models: rows come back to the right requests, a batch
+//! that fills does not wait out the delay, a full queue is refused at once, abandoned requests
+//! are never computed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,6 +110,43 @@ async fn oversize_client_batch_is_split_not_rejected() {
         batcher.stats().executions.load(Ordering::Relaxed) >= 7,
         "50 rows with max 8 need at least 7 runs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_fills_runs_without_waiting_out_the_delay() {
+    // A delay of 60 s: only the batch filling (to max_batch_size, or to a preferred size) can
+    // wake the worker that waits on the first request.
+    for (batching, requests) in [
+        ("max_batch_size = 4", 4),
+        ("max_batch_size = 64\npreferred_batch_sizes = [3]", 3),
+    ] {
+        let (_dir, model) = load_iris(&format!(
+            "[batching]\n{batching}\nmax_queue_delay_us = 60000000\n"
+        ));
+        let batcher = Arc::new(Batcher::start(model.clone(), 1));
+        let mut tasks = Vec::new();
+        for seed in 0..requests {
+            let (batcher, valid) = (
+                batcher.clone(),
+                model.validate(None, features(seed, 1)).unwrap(),
+            );
+            tasks.push(tokio::spawn(
+                async move { batcher.submit(valid, far()).await },
+            ));
+        }
+        for task in tasks {
+            let answered = tokio::time::timeout(Duration::from_secs(30), task).await;
+            assert!(
+                matches!(answered, Ok(Ok(Ok(_)))),
+                "{batching}: a full batch waited for the delay"
+            );
+        }
+        assert_eq!(
+            batcher.stats().executions.load(Ordering::Relaxed),
+            1,
+            "{batching}: one batch"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
