@@ -203,7 +203,9 @@ def overload_table(loads):
         f"open loop at 10x the configuration's best closed-loop throughput, {first['concurrency']} connections, "
         f"{first['duration_s']:.0f} s:",
         "",
-        "| engine threads | " + " | ".join(str(r.get("engine_threads", "default")) for r in runs) + " |",
+        "| engine threads | "
+        + " | ".join(str(r.get("engine_threads", "default")).replace("default", "default (one per core)") for r in runs)
+        + " |",
         "|---|" + "---:|" * len(runs),
     ]
     rows = {}
