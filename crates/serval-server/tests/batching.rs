@@ -112,6 +112,20 @@ async fn oversize_client_batch_is_split_not_rejected() {
     );
 }
 
+/// A submitted request's task: its outputs, or why it was refused.
+type Submitted = tokio::task::JoinHandle<Result<Vec<(String, Tensor)>, ServerError>>;
+
+/// Submits `n` one-row requests concurrently, each on its own task.
+fn submit_single_rows(batcher: &Arc<Batcher>, model: &Model, n: usize) -> Vec<Submitted> {
+    (0..n)
+        .map(|seed| {
+            let batcher = batcher.clone();
+            let valid = model.validate(None, features(seed, 1)).unwrap();
+            tokio::spawn(async move { batcher.submit(valid, far()).await })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_that_fills_runs_without_waiting_out_the_delay() {
     // A delay of 60 s: only the batch filling (to max_batch_size, or to a preferred size) can
@@ -124,17 +138,7 @@ async fn a_batch_that_fills_runs_without_waiting_out_the_delay() {
             "[batching]\n{batching}\nmax_queue_delay_us = 60000000\n"
         ));
         let batcher = Arc::new(Batcher::start(model.clone(), 1));
-        let mut tasks = Vec::new();
-        for seed in 0..requests {
-            let (batcher, valid) = (
-                batcher.clone(),
-                model.validate(None, features(seed, 1)).unwrap(),
-            );
-            tasks.push(tokio::spawn(
-                async move { batcher.submit(valid, far()).await },
-            ));
-        }
-        for task in tasks {
+        for task in submit_single_rows(&batcher, &model, requests) {
             let answered = tokio::time::timeout(Duration::from_secs(30), task).await;
             assert!(
                 matches!(answered, Ok(Ok(Ok(_)))),
@@ -164,16 +168,7 @@ async fn refused_beyond_capacity(max_queue_size: usize) {
     ));
     let batcher = Arc::new(Batcher::start(model.clone(), 1));
     let capacity = max_queue_size + 1;
-    let mut waiting = Vec::new();
-    for seed in 0..capacity {
-        let (batcher, valid) = (
-            batcher.clone(),
-            model.validate(None, features(seed, 1)).unwrap(),
-        );
-        waiting.push(tokio::spawn(
-            async move { batcher.submit(valid, far()).await },
-        ));
-    }
+    let waiting = submit_single_rows(&batcher, &model, capacity);
     while batcher.queued() < capacity {
         tokio::task::yield_now().await;
     }
