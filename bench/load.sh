@@ -391,7 +391,8 @@ done
 # waiting room, and an open loop at 10x the capacity of the configuration under test: first with
 # the default engine threads (one per core), then with one engine thread.
 overload_run() {
-  local threads=$1 capacity rate l probe retry_after first_line meta
+  local threads=$1 capacity rate l probe retry_after first_line
+  local -a meta
   serval_start "$WORK/repo-overload-$threads"
   local url="http://$SERVAL_ADDR/v1/models/$HEAVY:predict"
   check_predict "$url" "$WORK/$HEAVY.tf.json"
