@@ -3,8 +3,9 @@
 # then print req/s, server CPU µs per request (from /proc/<pid>/stat) and p99. For A/B runs of
 # one knob at a time; bench/load.sh is the full comparison.
 #
-#   bash bench/cpu_per_request.sh [--hello] [--top TOML] [--append TOML] [--bin PATH] [-c C] [-z SECONDS]
+#   bash bench/cpu_per_request.sh [--hello] [--v2] [--top TOML] [--append TOML] [--bin PATH] [-c C] [-z SECONDS]
 #
+# --v2 sends the same instance as an Open Inference Protocol v2 REST request instead of TF Serving's.
 # --top puts lines at the top of the model's config.toml (e.g. 'instances = 2'), --append at its
 # end (e.g. '[batching]\nmax_batch_size = 1'; \n is a newline). --bin picks another serval binary
 # (default: target/release/serval, built first). Environment: SERVAL_IO_THREADS and the like pass
@@ -13,10 +14,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 MODEL=breast_cancer_lr
-HELLO=0 TOP="" APPEND="" BIN="" C=64 DURATION=5
+HELLO=0 V2=0 TOP="" APPEND="" BIN="" C=64 DURATION=5
 while (($#)); do
   case $1 in
     --hello) HELLO=1 ;;
+    --v2) V2=1 ;;
     --top) TOP=$2; shift ;;
     --append) APPEND=$2; shift ;;
     --bin) BIN=$2; shift ;;
@@ -48,11 +50,19 @@ else
   "$BIN" serve "$WORK/repo" --host 127.0.0.1 --http-port "$PORT" --grpc-port 0 >"$WORK/server.log" 2>&1 &
   PID=$!
 fi
-URL=http://127.0.0.1:$PORT/v1/models/$MODEL:predict
-python3 - "$ROOT/examples/data/$MODEL.jsonl" >"$WORK/body.json" <<'PY'
+if ((V2)); then
+  URL=http://127.0.0.1:$PORT/v2/models/$MODEL/infer
+else
+  URL=http://127.0.0.1:$PORT/v1/models/$MODEL:predict
+fi
+python3 - "$ROOT/examples/data/$MODEL.jsonl" "$V2" >"$WORK/body.json" <<'PY'
 import json, sys
 with open(sys.argv[1]) as f:
-    print(json.dumps({"instances": [{"features": json.loads(f.readline())["features"]}]}))
+    features = json.loads(f.readline())["features"]
+if sys.argv[2] == "1":
+    print(json.dumps({"inputs": [{"name": "features", "shape": [1, len(features)], "datatype": "FP32", "data": features}]}))
+else:
+    print(json.dumps({"instances": [{"features": features}]}))
 PY
 for _ in $(seq 100); do
   curl -sf -o /dev/null -H 'content-type: application/json' --data-binary "@$WORK/body.json" "$URL" && break

@@ -2,7 +2,9 @@
 //! extension and gRPC `raw_*_contents`) and Open Inference Protocol JSON `data`.
 
 use half::f16;
-use serde_json::Value;
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serval_core::tensor::checked_elements;
 use serval_core::{DataType, Tensor, TensorData};
 
@@ -143,34 +145,153 @@ pub fn encode_raw(tensor: &Tensor) -> Vec<u8> {
     }
 }
 
-/// Decodes OIP JSON `data` (flat or nested, row-major) into a tensor of `shape`.
+/// OIP JSON `data` (flat or nested lists, row-major), flattened into its leaves while it is
+/// parsed: no `serde_json::Value` per number. Its datatype may come after it in the request, so
+/// leaves keep what JSON said and [`decode_json`] converts them.
+#[derive(Debug, Default, PartialEq)]
+pub struct JsonData(Vec<Leaf>);
+
+/// One scalar of `data`, as JSON gave it.
+#[derive(Debug, Clone, PartialEq)]
+enum Leaf {
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Null,
+    Object,
+}
+
+impl Leaf {
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Leaf::Int(i) => Some(i as f64),
+            Leaf::Uint(u) => Some(u as f64),
+            Leaf::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn as_i128(&self) -> Option<i128> {
+        match *self {
+            Leaf::Int(i) => Some(i.into()),
+            Leaf::Uint(u) => Some(u.into()),
+            _ => None,
+        }
+    }
+
+    /// What the leaf is, for errors (worded as `serval_core::instances::json_kind`).
+    fn kind(&self) -> String {
+        match self {
+            Leaf::Int(i) => format!("number {i}"),
+            Leaf::Uint(u) => format!("number {u}"),
+            Leaf::Float(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => format!("number {n}"),
+                None => "a number".to_owned(),
+            },
+            Leaf::Bool(b) => format!("boolean {b}"),
+            Leaf::Str(s) if s.len() <= 40 => format!("string \"{s}\""),
+            Leaf::Str(_) => "a string".to_owned(),
+            Leaf::Null => "null".to_owned(),
+            Leaf::Object => "an object".to_owned(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut leaves = Vec::new();
+        Leaves(&mut leaves).deserialize(d)?;
+        Ok(JsonData(leaves))
+    }
+}
+
+/// Appends the leaves of one value (a scalar, or a list at any depth) to the vector.
+struct Leaves<'a>(&'a mut Vec<Leaf>);
+
+impl<'de> DeserializeSeed<'de> for Leaves<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Leaves<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while seq.next_element_seed(Leaves(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.0.push(Leaf::Object);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Int(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Uint(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Float(v));
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Bool(v));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Str(v.to_owned()));
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        self.0.push(Leaf::Null);
+        Ok(())
+    }
+}
+
+/// Decodes OIP JSON `data` into a tensor of `shape`.
 pub fn decode_json(
     name: &str,
     data_type: DataType,
     shape: Vec<usize>,
-    data: &Value,
+    data: &JsonData,
 ) -> Result<Tensor> {
     let n = checked_elements(&shape)
         .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
     let bad = |msg: String| ServerError::BadRequest(format!("input '{name}': {msg}"));
-    let mut leaves = Vec::with_capacity(n.min(1 << 20));
-    flatten(data, &mut leaves, n).map_err(bad)?;
+    let leaves = &data.0;
     if leaves.len() != n {
         return Err(bad(format!(
             "{} values in data, but shape {shape:?} needs {n}",
             leaves.len()
         )));
     }
-    let number = |v: &Value| -> std::result::Result<f64, String> {
+    let number = |v: &Leaf| -> std::result::Result<f64, String> {
         match v {
-            Value::Number(x) => x.as_f64().ok_or_else(|| format!("{x} is not a number")),
-            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
+            Leaf::Str(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
                 Ok(s.parse().unwrap_or(f64::NAN))
             }
-            other => Err(format!(
-                "expected {data_type} value, got {}",
-                serval_core::instances::json_kind(other)
-            )),
+            other => other
+                .as_f64()
+                .ok_or_else(|| format!("expected {data_type} value, got {}", other.kind())),
         }
     };
     macro_rules! int {
@@ -179,16 +300,9 @@ pub fn decode_json(
                 leaves
                     .iter()
                     .map(|v| {
-                        let n = v
-                            .as_i64()
-                            .map(i128::from)
-                            .or_else(|| v.as_u64().map(i128::from))
-                            .ok_or_else(|| {
-                                format!(
-                                    "expected {data_type} value, got {}",
-                                    serval_core::instances::json_kind(v)
-                                )
-                            })?;
+                        let n = v.as_i128().ok_or_else(|| {
+                            format!("expected {data_type} value, got {}", v.kind())
+                        })?;
                         <$ty>::try_from(n)
                             .map_err(|_| format!("{n} is out of range for {data_type}"))
                     })
@@ -201,13 +315,9 @@ pub fn decode_json(
         DataType::Bool => TensorData::Bool(
             leaves
                 .iter()
-                .map(|v| {
-                    v.as_bool().ok_or_else(|| {
-                        format!(
-                            "expected BOOL value, got {}",
-                            serval_core::instances::json_kind(v)
-                        )
-                    })
+                .map(|v| match v {
+                    Leaf::Bool(b) => Ok(*b),
+                    other => Err(format!("expected BOOL value, got {}", other.kind())),
                 })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(bad)?,
@@ -244,13 +354,12 @@ pub fn decode_json(
         DataType::Bytes => TensorData::Bytes(
             leaves
                 .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_owned).ok_or_else(|| {
-                        format!(
-                            "expected BYTES (string) value, got {}",
-                            serval_core::instances::json_kind(v)
-                        )
-                    })
+                .map(|v| match v {
+                    Leaf::Str(s) => Ok(s.clone()),
+                    other => Err(format!(
+                        "expected BYTES (string) value, got {}",
+                        other.kind()
+                    )),
                 })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(bad)?,
@@ -259,27 +368,13 @@ pub fn decode_json(
     Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
 }
 
-/// Collects leaves of nested arrays, refusing more than `limit` (hostile payloads).
-fn flatten<'v>(
-    value: &'v Value,
-    out: &mut Vec<&'v Value>,
-    limit: usize,
-) -> std::result::Result<(), String> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out, limit)),
-        leaf => {
-            if out.len() == limit {
-                return Err(format!("more values in data than the shape's {limit}"));
-            }
-            out.push(leaf);
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn data(value: serde_json::Value) -> JsonData {
+        serde_json::from_value(value).unwrap()
+    }
 
     #[test]
     fn raw_round_trip_every_type() {
@@ -316,17 +411,72 @@ mod tests {
             "x",
             DataType::Int32,
             vec![2, 2],
-            &serde_json::json!([[1, 2], [3, 4]]),
+            &data(serde_json::json!([[1, 2], [3, 4]])),
         )
         .unwrap();
         let flat = decode_json(
             "x",
             DataType::Int32,
             vec![2, 2],
-            &serde_json::json!([1, 2, 3, 4]),
+            &data(serde_json::json!([1, 2, 3, 4])),
         )
         .unwrap();
         assert_eq!(nested, flat);
+    }
+
+    #[test]
+    fn json_leaves_convert_as_their_datatype_says() {
+        let floats = decode_json(
+            "x",
+            DataType::Fp32,
+            vec![4],
+            &data(serde_json::json!([1, -2, 2.5, "NaN"])),
+        )
+        .unwrap();
+        let TensorData::Fp32(v) = floats.data() else {
+            panic!("{floats:?}")
+        };
+        assert_eq!(v[..3], [1.0, -2.0, 2.5]);
+        assert!(v[3].is_nan());
+        let ints = decode_json(
+            "x",
+            DataType::Uint64,
+            vec![1],
+            &data(serde_json::json!([u64::MAX])),
+        )
+        .unwrap();
+        assert_eq!(ints.data(), &TensorData::Uint64(vec![u64::MAX]));
+    }
+
+    #[test]
+    fn wrong_json_leaves_are_named() {
+        for (datatype, value, expected) in [
+            (DataType::Int32, serde_json::json!([1.5]), "got number 1.5"),
+            (
+                DataType::Fp32,
+                serde_json::json!(["abc"]),
+                "got string \"abc\"",
+            ),
+            (
+                DataType::Fp32,
+                serde_json::json!([{"a": 1}]),
+                "got an object",
+            ),
+            (DataType::Bool, serde_json::json!([null]), "got null"),
+            (
+                DataType::Bytes,
+                serde_json::json!([true]),
+                "got boolean true",
+            ),
+            (
+                DataType::Int8,
+                serde_json::json!([300]),
+                "300 is out of range for INT8",
+            ),
+        ] {
+            let err = decode_json("x", datatype, vec![1], &data(value)).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]
@@ -337,7 +487,7 @@ mod tests {
             "x",
             DataType::Fp32,
             vec![1 << 40],
-            &serde_json::json!([1.0]),
+            &data(serde_json::json!([1.0])),
         )
         .unwrap_err();
         assert!(err.to_string().contains("needs"), "{err}");

@@ -299,7 +299,7 @@ struct InputTensor {
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    data: Option<Value>,
+    data: Option<codec::JsonData>,
 }
 
 #[derive(Deserialize)]
@@ -309,15 +309,40 @@ struct RequestedOutput {
     parameters: Map<String, Value>,
 }
 
+/// An `infer` response's JSON part, serialized straight from the output tensors: building a
+/// `serde_json::Value` tree first cost an allocation per number.
+#[derive(Serialize)]
+struct InferResponseBody<'a> {
+    /// Echoed only when the request had one (OIP: an optional string, never `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters<'a>>,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseParameters<'a> {
+    precomputed_at: &'a str,
+}
+
 #[derive(Serialize)]
 struct OutputTensor<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<Value>,
+    parameters: Option<BinaryParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<FlatView<'a>>,
+}
+
+/// Triton's binary extension: the output's bytes follow the JSON part.
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
 }
 
 async fn infer(
@@ -475,7 +500,9 @@ async fn infer(
     for (name, tensor) in &outputs {
         if wants_binary(name) {
             let raw = codec::encode_raw(tensor);
-            let parameters = json!({"binary_data_size": raw.len()});
+            let parameters = BinaryParameters {
+                binary_data_size: raw.len(),
+            };
             tail.extend_from_slice(&raw);
             encoded.push(OutputTensor {
                 name,
@@ -494,18 +521,16 @@ async fn infer(
             });
         }
     }
-    let mut header_json = json!({
-        "model_name": model,
-        "model_version": response.version.to_string(),
-        "outputs": encoded,
-    });
-    if let Some(at) = &response.precomputed_at {
-        header_json["parameters"] = json!({ "precomputed_at": at });
-    }
-    // OIP: `id` is an optional string, echoed only when the request had one (never `null`).
-    if let Some(id) = request.id {
-        header_json["id"] = Value::String(id);
-    }
+    let header_json = InferResponseBody {
+        id: request.id.as_deref(),
+        model_name: &model,
+        model_version: response.version.to_string(),
+        parameters: response
+            .precomputed_at
+            .as_deref()
+            .map(|at| ResponseParameters { precomputed_at: at }),
+        outputs: encoded,
+    };
     let mut body = serde_json::to_vec(&header_json)
         .map_err(|e| ServerError::BadRequest(format!("cannot encode response: {e}")))?;
     if tail.is_empty() {
