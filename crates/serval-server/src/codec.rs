@@ -347,7 +347,7 @@ pub fn decode_json(
         DataType::Fp64 => TensorData::Fp64(
             leaves
                 .iter()
-                .map(|v| number(v))
+                .map(number)
                 .collect::<std::result::Result<_, _>>()
                 .map_err(bad)?,
         ),
