@@ -210,6 +210,13 @@ impl<'de> Deserialize<'de> for JsonData {
 /// Appends the leaves of one value (a scalar, or a list at any depth) to the vector.
 struct Leaves<'a>(&'a mut Vec<Leaf>);
 
+impl Leaves<'_> {
+    fn leaf<E>(self, leaf: Leaf) -> std::result::Result<(), E> {
+        self.0.push(leaf);
+        Ok(())
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for Leaves<'_> {
     type Value = ();
 
@@ -237,33 +244,27 @@ impl<'de> Visitor<'de> for Leaves<'_> {
     }
 
     fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Int(v));
-        Ok(())
+        self.leaf(Leaf::Int(v))
     }
 
     fn visit_u64<E>(self, v: u64) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Uint(v));
-        Ok(())
+        self.leaf(Leaf::Uint(v))
     }
 
     fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Float(v));
-        Ok(())
+        self.leaf(Leaf::Float(v))
     }
 
     fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Bool(v));
-        Ok(())
+        self.leaf(Leaf::Bool(v))
     }
 
     fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Str(v.to_owned()));
-        Ok(())
+        self.leaf(Leaf::Str(v.to_owned()))
     }
 
     fn visit_unit<E>(self) -> std::result::Result<(), E> {
-        self.0.push(Leaf::Null);
-        Ok(())
+        self.leaf(Leaf::Null)
     }
 }
 
