@@ -148,11 +148,11 @@ pub fn encode_raw(tensor: &Tensor) -> Vec<u8> {
 /// OIP JSON `data` (flat or nested lists, row-major), flattened into its leaves while it is
 /// parsed: no `serde_json::Value` per number. Its datatype may come after it in the request, so
 /// leaves keep what JSON said and [`decode_json`] converts them.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug)]
 pub struct JsonData(Vec<Leaf>);
 
 /// One scalar of `data`, as JSON gave it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 enum Leaf {
     Int(i64),
     Uint(u64),
