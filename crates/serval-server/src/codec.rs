@@ -5,6 +5,7 @@ use half::f16;
 use serde::de::{
     Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
+use serde_json::Value;
 use serval_core::tensor::checked_elements;
 use serval_core::{DataType, Tensor, TensorData};
 
@@ -181,21 +182,19 @@ impl Leaf {
         }
     }
 
-    /// What the leaf is, for errors (worded as `serval_core::instances::json_kind`).
+    /// What the leaf is, for errors: worded by `serval_core::instances::json_kind`, like every
+    /// other JSON input error (error paths only, so the conversion's cost does not matter).
     fn kind(&self) -> String {
-        match self {
-            Leaf::Int(i) => format!("number {i}"),
-            Leaf::Uint(u) => format!("number {u}"),
-            Leaf::Float(f) => match serde_json::Number::from_f64(*f) {
-                Some(n) => format!("number {n}"),
-                None => "a number".to_owned(),
-            },
-            Leaf::Bool(b) => format!("boolean {b}"),
-            Leaf::Str(s) if s.len() <= 40 => format!("string \"{s}\""),
-            Leaf::Str(_) => "a string".to_owned(),
-            Leaf::Null => "null".to_owned(),
-            Leaf::Object => "an object".to_owned(),
-        }
+        let value = match self {
+            Leaf::Int(i) => Value::from(*i),
+            Leaf::Uint(u) => Value::from(*u),
+            Leaf::Float(f) => Value::from(*f),
+            Leaf::Bool(b) => Value::Bool(*b),
+            Leaf::Str(s) => Value::String(s.clone()),
+            Leaf::Null => Value::Null,
+            Leaf::Object => Value::Object(serde_json::Map::new()),
+        };
+        serval_core::instances::json_kind(&value)
     }
 }
 
