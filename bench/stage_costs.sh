@@ -30,22 +30,22 @@ if [[ -z $BIN ]]; then
   CARGO_TARGET_DIR=$ROOT/target/stages cargo build --release -q -p serval-cli --manifest-path "$TREE/Cargo.toml"
   BIN=$ROOT/target/stages/release/serval
 fi
-# Stage: what the server does before answering (stages 1-7 answer hello's fixed body).
-STAGES=(hello 1 2 5 7 6 3 4 0)
-declare -A WHAT=(
-  [hello]="HTTP ceiling: axum hello, same request (examples/hello.rs)"
-  [1]="route + admission + read the body, then answer"
-  [2]="+ find the model, shed check, decode the JSON instances"
-  [5]="+ validate, mint keys, record metrics (no engine)"
-  [7]="+ arm the request's deadline timer (no engine)"
-  [6]="+ hand off to the engine thread, which replies without running the model"
-  [3]="+ run the model on the engine thread (batched)"
-  [4]="stage 5 + run the model inline on the I/O thread, one request per run (no batching)"
-  [0]="the whole path: + encode the real response"
+# Each stage and what the server does before answering (stages 1-7 answer hello's fixed body).
+STAGES=(
+  "hello|HTTP ceiling: axum hello, same request (examples/hello.rs)"
+  "1|route + admission + read the body, then answer"
+  "2|+ find the model, shed check, decode the JSON instances"
+  "5|+ validate, mint keys, record metrics (no engine)"
+  "7|+ arm the request's deadline timer (no engine)"
+  "6|+ hand off to the engine thread, which replies without running the model"
+  "3|+ run the model on the engine thread (batched)"
+  "4|stage 5 + run the model inline on the I/O thread, one request per run (no batching)"
+  "0|the whole path: + encode the real response"
 )
 RESULTS=$(mktemp)
 for round in $(seq "$ROUNDS"); do
-  for stage in "${STAGES[@]}"; do
+  for entry in "${STAGES[@]}"; do
+    stage=${entry%%|*}
     if [[ $stage == hello ]]; then
       line=$(bash bench/cpu_per_request.sh --hello)
     else
@@ -55,20 +55,20 @@ for round in $(seq "$ROUNDS"); do
     echo "$stage|$line" >>"$RESULTS"
   done
 done
-python3 - "$RESULTS" "${STAGES[@]}" <<PY
+python3 - "$RESULTS" "${STAGES[@]}" <<'PY'
 import re, statistics, sys
-path, stages = sys.argv[1], sys.argv[2:]
-what = {$(for s in "${STAGES[@]}"; do printf '"%s": """%s""", ' "$s" "${WHAT[$s]}"; done)}
 runs = {}
-for line in open(path):
+for line in open(sys.argv[1]):
     stage, text = line.split("|", 1)
     rps = float(re.search(r"([\d,]+) req/s", text)[1].replace(",", ""))
     us = float(re.search(r"([\d.]+) us server CPU", text)[1])
     runs.setdefault(stage, []).append((rps, us))
 print("| stage | what the server does | req/s (median) | server CPU µs/request (median) |")
 print("|---|---|---:|---:|")
-for s in stages:
-    rps = statistics.median(r for r, _ in runs[s]); us = statistics.median(u for _, u in runs[s])
-    print(f"| {s} | {what[s]} | {rps:,.0f} | {us:.1f} |")
+for entry in sys.argv[2:]:
+    stage, what = entry.split("|", 1)
+    rps = statistics.median(r for r, _ in runs[stage])
+    us = statistics.median(u for _, u in runs[stage])
+    print(f"| {stage} | {what} | {rps:,.0f} | {us:.1f} |")
 PY
 rm -f "$RESULTS"
