@@ -3,7 +3,7 @@
 
 Usage (from anywhere):
 
-    pip install -r examples/requirements.txt
+    python3 -m pip install -r examples/generate-requirements.txt
     python3 examples/generate.py
 
 Everything is deterministic (fixed random_state, fixed opsets, single-threaded

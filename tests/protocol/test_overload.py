@@ -204,15 +204,18 @@ def threads_server(tmp_path_factory):
     assert server.terminate(timeout=10.0) == 0, server.stderr_text()
 
 
-def test_engine_threads_one_for_cheap_models_one_per_core_otherwise_unless_configured(threads_server):
+def test_engine_threads_are_reported_and_configurable(threads_server):
     def threads(model: str) -> tuple[int, int]:
         stats = requests.get(f"{threads_server.url}/v2/models/{model}/stats", timeout=5).json()
         config = requests.get(f"{threads_server.url}/v2/models/{model}/config", timeout=5).json()
         return stats["model_stats"][0]["engine_threads"], config["instance_group"][0]["count"]
 
-    # A logistic regression computes a full batch faster than one core parses its requests: a
-    # second thread would only split batches. The 512-unit MLP is not that cheap.
-    assert threads("iris_lr") == (1, 1)
+    # The default depends on a timing taken at load (one thread for models that outrun the
+    # front end, one per core otherwise): its rule is tested on injected measurements in
+    # serval-server's store tests, never on this machine's clock. Here: both endpoints agree,
+    # the default is one of the two answers, and a configured count is kept.
     cores = os.cpu_count() or 1
-    assert threads("breast_cancer_mlp_large") == (cores, cores)
+    for model in ("iris_lr", "breast_cancer_mlp_large"):
+        stats, config = threads(model)
+        assert stats == config and stats in (1, cores), (model, stats, config)
     assert threads("iris_lr_three") == (3, 3)

@@ -27,21 +27,44 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         Some(model) => vec![model.clone()],
         None => repository.model_names()?,
     };
-    let mut models = Vec::new();
+    // Every model is reported, loaded or not; a failure only decides the exit code at the end.
+    let mut described = Vec::new();
+    let mut failed = Vec::new();
     for name in &names {
-        match args.version {
-            Some(v) => models.push(repository.load(name, Some(v))?),
-            None => models.extend(repository.load_served(name)?),
+        let loaded = match args.version {
+            Some(v) => repository.load(name, Some(v)).map(|m| vec![m]),
+            None => repository.load_served(name),
+        };
+        match loaded {
+            Ok(models) => {
+                for model in &models {
+                    if args.json {
+                        described.push(describe(model));
+                    } else {
+                        emit(&describe_text(model)?)?;
+                    }
+                }
+            }
+            Err(e) => {
+                if args.json {
+                    described.push(json!({"model": name, "error": e.to_string()}));
+                } else {
+                    emit(&format!("model '{name}': cannot load: {e}\n"))?;
+                }
+                failed.push(format!("'{name}' ({e})"));
+            }
         }
     }
     if args.json {
-        let described: Vec<_> = models.iter().map(describe).collect();
         emit(&format!("{}\n", serde_json::to_string_pretty(&described)?))?;
-    } else {
-        for model in &models {
-            emit(&describe_text(model)?)?;
-        }
     }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} models cannot load: {}",
+        failed.len(),
+        names.len(),
+        failed.join("; ")
+    );
     Ok(())
 }
 
@@ -57,12 +80,15 @@ pub fn describe(model: &Model) -> serde_json::Value {
         "key": cfg.key,
         "class_labels": cfg.class_labels,
         "version_labels": cfg.versions.labels,
+        "batched": model.is_batchable(),
+        "notes": model.graph().notes,
         "operators": model.graph().operators,
         "signatures": model.signatures().iter().map(|s| json!({
             "name": s.name,
             "inputs": s.inputs.iter().map(spec_json).collect::<Vec<_>>(),
             "outputs": s.outputs.iter().map(spec_json).collect::<Vec<_>>(),
             "postprocess": s.postprocess,
+            "class_maps": s.class_maps,
         })).collect::<Vec<_>>(),
     })
 }
@@ -99,6 +125,15 @@ fn describe_text(model: &Model) -> anyhow::Result<String> {
         choice.reason
     );
     let _ = writeln!(out, "  key field: {}", cfg.key);
+    let batching = if model.is_batchable() {
+        "instances stack on axis 0"
+    } else {
+        "does not batch: each request carries whole tensors"
+    };
+    let _ = writeln!(out, "  batching: {batching}");
+    for note in &model.graph().notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
     if !cfg.class_labels.is_empty() {
         let _ = writeln!(out, "  class labels: {}", cfg.class_labels.join(", "));
     }

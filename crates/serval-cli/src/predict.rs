@@ -87,11 +87,17 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         InputFormat::Jsonl => Box::new(jsonl_lines(BufReader::new(reader))),
         InputFormat::Csv => Box::new(csv_lines(reader, signature, &model.config().key)?),
     };
-    let mut chunk = Vec::with_capacity(args.batch_size as usize);
+    // A model that does not batch takes each line as one request of whole tensors.
+    let batch_size = if model.is_batchable() {
+        args.batch_size
+    } else {
+        1
+    };
+    let mut chunk = Vec::with_capacity(batch_size as usize);
     let mut n_instances = 0u64;
     for line in lines {
         chunk.push(line?);
-        if chunk.len() as u64 == args.batch_size {
+        if chunk.len() as u64 == batch_size {
             n_instances += predict_chunk(&model, signature, &mut chunk, &mut writer)?;
         }
     }
@@ -112,47 +118,38 @@ fn predict_chunk(
     writer: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let instances: Vec<Value> = chunk.iter_mut().map(|l| l.instance.take()).collect();
-    let predictions = match predict_instances(model, Some(&signature.name), &instances) {
-        Ok(p) => p,
-        Err(err) => return Err(locate_error(model, signature, chunk, &instances, err)),
+    let results = match predict_instances(model, Some(&signature.name), &instances) {
+        Ok(p) => vec![(chunk[0].number, chunk[chunk.len() - 1].number, p)],
+        // Lines that cannot stack into one batch (images of several sizes, say) run one by one;
+        // the first that fails on its own names its line.
+        Err(serval_core::Error::InvalidInput(_)) => chunk
+            .iter()
+            .zip(&instances)
+            .map(|(line, instance)| {
+                predict_instances(model, Some(&signature.name), std::slice::from_ref(instance))
+                    .map(|p| (line.number, line.number, p))
+                    .map_err(|e| {
+                        let message = e.to_string();
+                        let message = message.strip_prefix("instance 0: ").unwrap_or(&message);
+                        anyhow::anyhow!("line {}: {message}", line.number)
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Err(err) => return Err(err.into()),
     };
-    for warning in &predictions.warnings {
-        eprintln!(
-            "warning: lines {}..{}: {warning}",
-            chunk[0].number,
-            chunk[chunk.len() - 1].number
-        );
-    }
-    for row in 0..predictions.len() {
-        serde_json::to_writer(&mut *writer, &predictions.row(row))
-            .context("cannot write output")?;
-        writer.write_all(b"\n").context("cannot write output")?;
+    for (first, last, predictions) in &results {
+        for warning in &predictions.warnings {
+            eprintln!("warning: lines {first}..{last}: {warning}");
+        }
+        for row in 0..predictions.len() {
+            serde_json::to_writer(&mut *writer, &predictions.row(row))
+                .context("cannot write output")?;
+            writer.write_all(b"\n").context("cannot write output")?;
+        }
     }
     let n = chunk.len() as u64;
     chunk.clear();
     Ok(n)
-}
-
-/// Re-runs a failed chunk's instances one by one to name the first failing input line.
-fn locate_error(
-    model: &Model,
-    signature: &Signature,
-    chunk: &[Line],
-    instances: &[Value],
-    err: serval_core::Error,
-) -> anyhow::Error {
-    if matches!(err, serval_core::Error::InvalidInput(_)) {
-        for (line, instance) in chunk.iter().zip(instances) {
-            if let Err(single) =
-                predict_instances(model, Some(&signature.name), std::slice::from_ref(instance))
-            {
-                let message = single.to_string();
-                let message = message.strip_prefix("instance 0: ").unwrap_or(&message);
-                return anyhow::anyhow!("line {}: {message}", line.number);
-            }
-        }
-    }
-    anyhow::Error::new(err)
 }
 
 fn jsonl_lines(reader: impl BufRead) -> impl Iterator<Item = anyhow::Result<Line>> {

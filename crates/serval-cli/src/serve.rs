@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// output with `_SUCCESS`; reloaded when a new one appears). Repeat for several models.
     #[arg(long, value_name = "MODEL=DIR", value_parser = parse_mount)]
     precomputed: Vec<(String, PathBuf)>,
+    /// Report the server ready only when every model is (Triton's --strict-readiness, whose
+    /// default is true). Serval's default is false: one model that cannot load does not take
+    /// the others out of a load balancer; each model has its own readiness endpoint.
+    #[arg(long, env = "SERVAL_STRICT_READINESS")]
+    strict_readiness: bool,
 }
 
 fn parse_mount(value: &str) -> Result<(String, PathBuf), String> {
@@ -88,6 +93,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("--poll-interval-secs must be a finite number of seconds")
             })?,
         precomputed: args.precomputed,
+        strict_readiness: args.strict_readiness,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.io_threads {

@@ -174,7 +174,8 @@ impl PostprocessStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
-    /// Largest batch sent to the engine (client batches larger than this are split).
+    /// Largest batch sent to the engine (client batches larger than this are split); 0 means
+    /// the model does not batch (Triton's meaning): each request carries whole tensors.
     pub max_batch_size: usize,
     /// How long to wait for more requests before running a partial batch; 0 runs what is queued.
     pub max_queue_delay_us: u64,
@@ -284,9 +285,6 @@ impl ModelConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         if self.key.is_empty() {
             return Err("`key` must not be empty".to_owned());
-        }
-        if self.batching.max_batch_size == 0 {
-            return Err("`batching.max_batch_size` must be at least 1".to_owned());
         }
         if let VersionPolicy::Latest(0) = self.versions.policy {
             return Err("`versions.policy = { latest = 0 }` would serve nothing".to_owned());

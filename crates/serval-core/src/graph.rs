@@ -3,7 +3,7 @@
 //! This is engine-neutral ground truth. Signatures are built from it, and backend selection
 //! reads its operator list to decide whether tract can be trusted with the graph.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -44,6 +44,18 @@ pub struct GraphInfo {
     pub operators: BTreeSet<String>,
     /// Problems tract is known to have with this graph.
     pub tract_hazards: Vec<TractHazard>,
+    /// Whether every input leads with one shared dynamic axis, so requests stack on axis 0
+    /// (Triton's `max_batch_size > 0`); otherwise a request carries whole tensors.
+    pub(crate) batched: bool,
+    /// Outputs that are sequences of maps (ZipMap): graph output name -> class labels, in the
+    /// column order of the `[N, C]` probabilities tensor they are served as.
+    pub map_outputs: BTreeMap<String, Vec<String>>,
+    /// What the file declares that Serval reads differently, for `serval inspect`.
+    pub notes: Vec<String>,
+    /// Dimension names (`dim_param`) of each input, parallel to `inputs`.
+    pub(crate) input_dim_names: Vec<Vec<Option<String>>>,
+    /// The name the file gives the batch axis, when it names it.
+    pub(crate) batch_dim_name: Option<String>,
     pub(crate) proto: pb::ModelProto,
 }
 
@@ -106,17 +118,29 @@ impl GraphInfo {
         let graph = proto.graph.as_ref().ok_or("ONNX file contains no graph")?;
         let initializers: BTreeSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs = graph
+        let (inputs, input_dim_names): (Vec<TensorSpec>, Vec<_>) = graph
             .input
             .iter()
             .filter(|i| !initializers.contains(i.name.as_str()))
-            .map(|i| value_spec(i, "input"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let outputs = graph
-            .output
-            .iter()
-            .map(|o| value_spec(o, "output"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|i| tensor_spec(i, "input"))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        let mut map_outputs = BTreeMap::new();
+        let mut outputs = Vec::with_capacity(graph.output.len());
+        for info in &graph.output {
+            match map_output_labels(graph, info) {
+                Some(labels) => {
+                    outputs.push(TensorSpec {
+                        name: info.name.clone(),
+                        data_type: DataType::Fp32,
+                        shape: vec![None, Some(labels.len())],
+                    });
+                    map_outputs.insert(info.name.clone(), labels);
+                }
+                None => outputs.push(tensor_spec(info, "output")?.0),
+            }
+        }
         if inputs.is_empty() {
             return Err("graph has no inputs".to_owned());
         }
@@ -132,28 +156,107 @@ impl GraphInfo {
             tract_hazards.extend(hazards_of(node));
         }
         tract_hazards.dedup();
+        let mut notes = Vec::new();
+        let batch_dim_name = batch_axis(&inputs, &input_dim_names, &outputs);
+        let batched = batch_dim_name.is_some();
+        if batched {
+            // Converters often declare an output as `[1]` for a graph that answers `[N]`: the
+            // batch axis is what the inputs say it is.
+            for output in &mut outputs {
+                if let Some(first @ Some(_)) = output.shape.first_mut() {
+                    notes.push(format!(
+                        "output '{}' declares its leading dimension as {}; served as the batch axis",
+                        output.name,
+                        first.unwrap_or(0)
+                    ));
+                    *first = None;
+                }
+            }
+        }
         Ok(GraphInfo {
             inputs,
             outputs,
             operators,
             tract_hazards,
+            batched,
+            map_outputs,
+            notes,
+            input_dim_names,
+            batch_dim_name: batch_dim_name.flatten(),
             proto,
         })
     }
 
-    /// Whether every input has a dynamic leading (batch) dimension.
+    /// Whether requests may stack instances on axis 0.
     pub fn is_batchable(&self) -> bool {
-        self.inputs.iter().all(|i| i.shape.first() == Some(&None))
+        self.batched
     }
 }
 
-fn value_spec(info: &pb::ValueInfoProto, role: &str) -> Result<TensorSpec, String> {
+/// The batch axis, when the graph has one: `Some(name)` (the file's name for it, if any) when
+/// every input leads with a dynamic axis, all named alike, and no output rules it out (a scalar,
+/// or a fixed leading size other than 1).
+fn batch_axis(
+    inputs: &[TensorSpec],
+    dim_names: &[Vec<Option<String>>],
+    outputs: &[TensorSpec],
+) -> Option<Option<String>> {
+    if !inputs.iter().all(|i| i.shape.first() == Some(&None)) {
+        return None;
+    }
+    let names: BTreeSet<&str> = dim_names
+        .iter()
+        .filter_map(|d| d.first()?.as_deref())
+        .collect();
+    if names.len() > 1 {
+        return None;
+    }
+    let output_fits = |o: &TensorSpec| matches!(o.shape.first(), Some(None | Some(1)));
+    if !outputs.iter().all(output_fits) {
+        return None;
+    }
+    Some(names.into_iter().next().map(str::to_owned))
+}
+
+/// Class labels of a sequence-of-maps output made by a `ZipMap` node.
+fn map_output_labels(graph: &pb::GraphProto, info: &pb::ValueInfoProto) -> Option<Vec<String>> {
+    // tract's protobuf schema knows only tensor types, so a sequence type reads as no type.
+    let is_tensor = info
+        .r#type
+        .as_ref()
+        .and_then(|t| t.value.as_ref())
+        .is_some();
+    if is_tensor {
+        return None;
+    }
+    let node = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "ZipMap" && n.output.iter().any(|o| o == &info.name))?;
+    let attribute = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    if let Some(ints) = attribute("classlabels_int64s").filter(|a| !a.ints.is_empty()) {
+        return Some(ints.ints.iter().map(i64::to_string).collect());
+    }
+    let strings = attribute("classlabels_strings")?;
+    Some(
+        strings
+            .strings
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// A tensor's spec and the names of its dimensions.
+fn tensor_spec(
+    info: &pb::ValueInfoProto,
+    role: &str,
+) -> Result<(TensorSpec, Vec<Option<String>>), String> {
     let Some(pb::type_proto::Value::TensorType(tensor)) =
         info.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Err(format!(
-            "{role} '{}' is not a tensor (a sequence or map, e.g. from ZipMap); \
-             export classifiers with skl2onnx options={{'zipmap': False}}",
+            "{role} '{}' is neither a tensor nor a ZipMap's sequence of maps",
             info.name
         ));
     };
@@ -163,26 +266,27 @@ fn value_spec(info: &pb::ValueInfoProto, role: &str) -> Result<TensorSpec, Strin
             info.name, tensor.elem_type
         )
     })?;
-    let shape = match &tensor.shape {
-        Some(shape) => shape
-            .dim
-            .iter()
-            .map(|d| match d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
-                    Some(v as usize)
-                }
-                // Named (`dim_param`) and unnamed dimensions are dynamic; skl2onnx leaves the
-                // batch dimension unnamed, and tract needs it made symbolic (see backend::tract).
-                _ => None,
-            })
-            .collect(),
-        None => return Err(format!("{role} '{}' has no declared shape", info.name)),
+    let Some(shape) = &tensor.shape else {
+        return Err(format!("{role} '{}' has no declared shape", info.name));
     };
-    Ok(TensorSpec {
+    use pb::tensor_shape_proto::dimension::Value as Dim;
+    // Named (`dim_param`) and unnamed dimensions are dynamic; skl2onnx leaves the batch
+    // dimension unnamed, and tract needs it made symbolic (see backend::tract).
+    let (shape, names) = shape
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(Dim::DimValue(v)) if *v > 0 => (Some(*v as usize), None),
+            Some(Dim::DimParam(name)) if !name.is_empty() => (None, Some(name.clone())),
+            _ => (None, None),
+        })
+        .unzip();
+    let spec = TensorSpec {
         name: info.name.clone(),
         data_type,
         shape,
-    })
+    };
+    Ok((spec, names))
 }
 
 fn data_type_of(elem_type: i32) -> Option<DataType> {

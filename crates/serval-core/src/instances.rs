@@ -4,7 +4,7 @@
 //! and of the book's keyed predictions: each instance may carry a key (a string under the
 //! model's key name) that is never fed to the model and comes back with that instance's outputs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -28,6 +28,9 @@ pub struct KeyedPredictions {
     pub outputs: Vec<(String, Tensor)>,
     /// Non-fatal remarks about the request (e.g. duplicate keys).
     pub warnings: Vec<String>,
+    /// Outputs the model produces as `{class: probability}` maps (the signature's
+    /// `class_maps`): each row of these goes out as such an object, as the converter meant.
+    pub class_maps: BTreeMap<String, Vec<String>>,
 }
 
 impl KeyedPredictions {
@@ -65,13 +68,14 @@ impl Serialize for Prediction<'_> {
             map.serialize_entry(&p.key_name, key)?;
         }
         for (name, tensor) in &p.outputs {
-            map.serialize_entry(
-                name,
-                &RowView {
-                    tensor,
-                    row: self.row,
-                },
-            )?;
+            let row = RowView {
+                tensor,
+                row: self.row,
+            };
+            match p.class_maps.get(name) {
+                Some(labels) => map.serialize_entry(name, &ClassMap { row, labels })?,
+                None => map.serialize_entry(name, &row)?,
+            }
         }
         map.end()
     }
@@ -87,13 +91,14 @@ pub fn predict_instances(
     instances: &[Value],
 ) -> Result<KeyedPredictions> {
     let sig = model.signature(signature)?;
-    let decoded = decode_instances(sig, &model.config().key, instances)?;
+    let decoded = decode_for(model, sig, instances)?;
     let outputs = model.predict(Some(&sig.name), decoded.inputs)?;
     Ok(KeyedPredictions {
         key_name: model.config().key.clone(),
         keys: decoded.keys,
         outputs,
         warnings: decoded.warnings,
+        class_maps: sig.class_maps.clone(),
     })
 }
 
@@ -114,14 +119,73 @@ pub fn decode_instances(
     key_name: &str,
     instances: &[Value],
 ) -> Result<DecodedInstances, InputError> {
+    decode(signature, key_name, instances, Layout::Rows)
+}
+
+/// Decodes one request of whole tensors for a model that does not batch (Triton's
+/// `max_batch_size = 0`): an object naming every input with its full value, plus an optional key.
+/// The tensors keep exactly the shape sent; nothing is stacked or stripped.
+pub fn decode_whole(
+    signature: &Signature,
+    key_name: &str,
+    request: &Value,
+) -> Result<DecodedInstances, InputError> {
+    decode(
+        signature,
+        key_name,
+        std::slice::from_ref(request),
+        Layout::Whole,
+    )
+}
+
+/// Decodes JSON values as `model` takes them: instances stacked on axis 0 when it batches, else
+/// each value one whole request (so exactly one value).
+pub fn decode_for(
+    model: &Model,
+    signature: &Signature,
+    values: &[Value],
+) -> Result<DecodedInstances, InputError> {
+    let key = &model.config().key;
+    match values {
+        [one] if !model.is_batchable() => decode_whole(signature, key, one),
+        _ if !model.is_batchable() => Err(InputError::new(format!(
+            "model '{}' does not batch (its inputs share no leading batch axis): send one request \
+             of whole tensors, not {} instances",
+            model.name(),
+            values.len()
+        ))),
+        _ => decode_instances(signature, key, values),
+    }
+}
+
+/// Whether decoded values are instances along a batch axis or one request's whole tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Rows,
+    Whole,
+}
+
+fn decode(
+    signature: &Signature,
+    key_name: &str,
+    instances: &[Value],
+    layout: Layout,
+) -> Result<DecodedInstances, InputError> {
     if instances.is_empty() {
         return Err(InputError::new("empty input: no instances to predict"));
     }
     let mut keys = Vec::with_capacity(instances.len());
-    let mut columns: Vec<Column> = signature.inputs.iter().map(Column::new).collect();
+    let mut columns: Vec<Column> = signature
+        .inputs
+        .iter()
+        .map(|spec| Column::new(spec, layout))
+        .collect();
     let expected = || signature.input_names();
     for (ix, instance) in instances.iter().enumerate() {
-        let at = |e: InputError| e.context(format_args!("instance {ix}"));
+        let at = |e: InputError| match layout {
+            Layout::Rows => e.context(format_args!("instance {ix}")),
+            Layout::Whole => e,
+        };
         match instance {
             Value::Object(fields) => {
                 let key = match fields.get(key_name) {
@@ -467,16 +531,19 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
 /// One input's values, accumulated instance by instance.
 struct Column<'s> {
     spec: &'s TensorSpec,
-    /// Shape of one instance (axes after the batch axis); dynamic axes fixed by the first instance.
+    layout: Layout,
+    /// Shape of one instance (axes after the batch axis, or every axis for whole tensors);
+    /// dynamic axes fixed by the first instance.
     row_shape: Option<Vec<usize>>,
     rows: usize,
     data: TensorData,
 }
 
 impl<'s> Column<'s> {
-    fn new(spec: &'s TensorSpec) -> Column<'s> {
+    fn new(spec: &'s TensorSpec, layout: Layout) -> Column<'s> {
         Column {
             spec,
+            layout,
             row_shape: None,
             rows: 0,
             data: TensorData::empty(spec.data_type),
@@ -487,7 +554,10 @@ impl<'s> Column<'s> {
         let name = &self.spec.name;
         let mut shape = Vec::new();
         infer_shape(value, &mut shape);
-        let expected = &self.spec.shape[1.min(self.spec.shape.len())..];
+        let expected = match self.layout {
+            Layout::Rows => &self.spec.shape[1.min(self.spec.shape.len())..],
+            Layout::Whole => &self.spec.shape[..],
+        };
         // A flat list of scalars for a [N] input is allowed only as one scalar per instance.
         let fits = shape.len() == expected.len()
             && shape
@@ -495,8 +565,12 @@ impl<'s> Column<'s> {
                 .zip(expected)
                 .all(|(&d, e)| e.is_none_or(|e| e == d));
         if !fits {
+            let per = match self.layout {
+                Layout::Rows => " per instance",
+                Layout::Whole => "",
+            };
             return Err(InputError::new(format!(
-                "input '{name}' has shape {shape:?} per instance but the model expects {:?}",
+                "input '{name}' has shape {shape:?}{per} but the model expects {:?}",
                 expected
                     .iter()
                     .map(|d| d.map_or(-1, |d| d as i64))
@@ -519,7 +593,10 @@ impl<'s> Column<'s> {
     }
 
     fn finish(self) -> Result<Tensor, InputError> {
-        let mut shape = vec![self.rows];
+        let mut shape = match self.layout {
+            Layout::Rows => vec![self.rows],
+            Layout::Whole => Vec::new(),
+        };
         shape.extend(self.row_shape.unwrap_or_default());
         Tensor::new(shape, self.data)
     }
@@ -671,6 +748,27 @@ impl Serialize for RowView<'_> {
     }
 }
 
+/// Row `row` of a `[N, C]` probabilities tensor as `{label: probability}` (a ZipMap's output).
+struct ClassMap<'a> {
+    row: RowView<'a>,
+    labels: &'a [String],
+}
+
+impl Serialize for ClassMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let TensorData::Fp32(values) = self.row.tensor.data() else {
+            return self.row.serialize(serializer);
+        };
+        let row_len = self.row.tensor.row_len();
+        let start = self.row.row * row_len;
+        let mut map = serializer.serialize_map(Some(self.labels.len()))?;
+        for (label, p) in self.labels.iter().zip(&values[start..start + row_len]) {
+            map.serialize_entry(label, p)?;
+        }
+        map.end()
+    }
+}
+
 /// A whole tensor as nested JSON arrays (TF Serving's columnar `outputs` format).
 pub struct TensorView<'a>(pub &'a Tensor);
 
@@ -766,6 +864,7 @@ mod tests {
                 .collect(),
             outputs: vec![],
             postprocess: vec![],
+            class_maps: Default::default(),
         }
     }
 

@@ -40,6 +40,7 @@ mod postprocess;
 pub mod repository;
 pub mod signature;
 pub mod tensor;
+pub mod warmup;
 
 pub use config::ModelConfig;
 pub use error::{Error, InputError, Result};

@@ -10,6 +10,7 @@ use crate::graph::{GraphInfo, TensorSpec};
 use crate::postprocess;
 use crate::signature::{self, DEFAULT_SIGNATURE, Signature};
 use crate::tensor::Tensor;
+use crate::warmup::{self, Warmup};
 
 /// Inputs that passed [`Model::validate`]: in graph order, one row per instance.
 ///
@@ -19,6 +20,8 @@ use crate::tensor::Tensor;
 pub struct ValidInputs {
     signature: String,
     tensors: Vec<Tensor>,
+    /// Whether axis 0 is the instance axis; otherwise the tensors are one whole request.
+    batched: bool,
 }
 
 impl ValidInputs {
@@ -27,9 +30,13 @@ impl ValidInputs {
         &self.signature
     }
 
-    /// Number of instances.
+    /// Number of instances: one for a model that does not batch.
     pub fn rows(&self) -> usize {
-        self.tensors.first().map_or(0, Tensor::rows)
+        if self.batched {
+            self.tensors.first().map_or(0, Tensor::rows)
+        } else {
+            1
+        }
     }
 
     /// Approximate memory held, for queue limits in bytes.
@@ -48,7 +55,9 @@ impl ValidInputs {
 
     /// Whether `other` can be stacked with these on axis 0.
     pub fn can_batch_with(&self, other: &ValidInputs) -> bool {
-        self.signature == other.signature
+        self.batched
+            && other.batched
+            && self.signature == other.signature
             && self.tensors.len() == other.tensors.len()
             && self.tensors.iter().zip(&other.tensors).all(|(a, b)| {
                 a.data_type() == b.data_type() && a.shape().get(1..) == b.shape().get(1..)
@@ -69,13 +78,15 @@ impl ValidInputs {
         Ok(ValidInputs {
             signature: first.signature.clone(),
             tensors,
+            batched: first.batched,
         })
     }
 
-    /// Instances `start..end`.
+    /// Instances `start..end` (of a batched model).
     pub fn slice_rows(&self, start: usize, end: usize) -> ValidInputs {
         ValidInputs {
             signature: self.signature.clone(),
+            batched: self.batched,
             tensors: self
                 .tensors
                 .iter()
@@ -133,11 +144,9 @@ impl Model {
         }
         let graph = GraphInfo::read(&path).map_err(load_error)?;
         let signatures = signature::build_signatures(&graph, &config).map_err(load_error)?;
-        let backend_choice =
-            backend::choose(config.backend, &graph, ort_status).map_err(load_error)?;
+        let candidates =
+            backend::candidates(config.backend, &graph, ort_status).map_err(load_error)?;
         let instances = config.instances.unwrap_or(default_instances);
-        let backend =
-            backend::load(backend_choice.kind, &path, &graph, instances).map_err(load_error)?;
         let raw_output_names = graph
             .outputs
             .iter()
@@ -149,17 +158,59 @@ impl Model {
                     .unwrap_or_else(|| o.name.clone())
             })
             .collect();
-        Ok(Model {
+        let mut model = Model {
             name: name.to_owned(),
             version,
-            path,
+            path: path.clone(),
             config,
             graph,
             signatures,
             raw_output_names,
-            backend,
-            backend_choice,
-        })
+            backend: Arc::new(NotLoaded),
+            backend_choice: candidates
+                .first()
+                .cloned()
+                .ok_or_else(|| load_error("no engine can run this model".to_owned()))?,
+        };
+        // Each engine in turn until one loads and warms up. A generated warm-up that fails on
+        // every engine proves nothing, so the first engine that loaded serves anyway.
+        let mut failures: Vec<String> = Vec::new();
+        let mut unproven: Option<(Arc<dyn Backend>, BackendChoice)> = None;
+        for choice in candidates {
+            let engine = choice.kind.as_str();
+            model.backend = match backend::load(choice.kind, &path, &model.graph, instances) {
+                Ok(backend) => backend,
+                Err(e) => {
+                    failures.push(format!("{engine} failed to load: {e}"));
+                    continue;
+                }
+            };
+            model.backend_choice = choice.clone();
+            match warmup::warm_up(&model) {
+                Ok(Warmup::Passed) => {
+                    model.backend_choice.reason = with_failures(choice.reason, &failures);
+                    return Ok(model);
+                }
+                Ok(Warmup::GeneratedFailed(e)) => {
+                    failures.push(format!("{engine}: generated warm-up failed: {e}"));
+                    if unproven.is_none() {
+                        unproven = Some((model.backend.clone(), choice));
+                    }
+                }
+                Err(e) => failures.push(format!("{engine}: warm-up failed: {e}")),
+            }
+        }
+        let Some((backend, choice)) = unproven else {
+            return Err(load_error(failures.join("; ")));
+        };
+        let reason = with_failures(choice.reason, &failures);
+        tracing::warn!(model = %name, version, reason = %reason, "serving without a successful warm-up (add a real request to warmup.jsonl)");
+        model.backend = backend;
+        model.backend_choice = BackendChoice {
+            kind: choice.kind,
+            reason: format!("{reason}; serving without a successful warm-up"),
+        };
+        Ok(model)
     }
 
     /// Model name.
@@ -197,9 +248,11 @@ impl Model {
         &self.backend_choice
     }
 
-    /// Whether requests may stack instances on axis 0.
+    /// Whether requests may stack instances on axis 0: the graph has a shared batch axis and
+    /// the config does not turn batching off (`max_batch_size = 0`, as in Triton). Otherwise
+    /// every request is one instance of whole tensors.
     pub fn is_batchable(&self) -> bool {
-        self.graph.is_batchable()
+        self.graph.is_batchable() && self.config.batching.max_batch_size > 0
     }
 
     /// The named signature, or `serving_default` when `name` is `None`.
@@ -245,6 +298,7 @@ impl Model {
         Ok(ValidInputs {
             signature: signature.name.clone(),
             tensors,
+            batched: self.is_batchable(),
         })
     }
 
@@ -272,7 +326,8 @@ impl Model {
                 .find(|(_, t)| t.shape().is_empty() || t.rows() != rows)
         {
             return Err(self.inference_error(format!(
-                "output '{name}' has shape {:?}, not one row per instance ({rows})",
+                "output '{name}' has shape {:?}, not one row per instance ({rows}); if the model \
+                 does not batch on axis 0, set max_batch_size = 0 under [batching] in config.toml",
                 t.shape()
             )));
         }
@@ -363,6 +418,24 @@ impl Model {
             }
         }
         Ok(ordered)
+    }
+}
+
+/// A choice's reason followed by what failed before it.
+fn with_failures(reason: String, failures: &[String]) -> String {
+    if failures.is_empty() {
+        reason
+    } else {
+        format!("{reason} (after: {})", failures.join("; "))
+    }
+}
+
+/// The engine of a model under construction, before any engine has loaded.
+struct NotLoaded;
+
+impl Backend for NotLoaded {
+    fn run(&self, _: Vec<Tensor>) -> std::result::Result<Vec<Tensor>, String> {
+        Err("no engine has loaded this model. This is a bug.".to_owned())
     }
 }
 

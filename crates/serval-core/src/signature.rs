@@ -25,6 +25,10 @@ pub struct Signature {
     pub outputs: Vec<TensorSpec>,
     /// Steps run on the raw outputs.
     pub postprocess: Vec<PostprocessStep>,
+    /// Outputs that the graph produces as `{class: probability}` maps (ZipMap), by public
+    /// name: their class labels, in the column order of the `[N, C]` tensor they are served as.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_maps: BTreeMap<String, Vec<String>>,
 }
 
 impl Signature {
@@ -77,11 +81,23 @@ pub(crate) fn build_signatures(
             input.name
         ));
     }
+    let class_maps_of = |outputs: &[TensorSpec]| -> BTreeMap<String, Vec<String>> {
+        graph
+            .map_outputs
+            .iter()
+            .map(|(graph_name, labels)| {
+                let public = cfg.outputs.get(graph_name).unwrap_or(graph_name);
+                (public.clone(), labels.clone())
+            })
+            .filter(|(public, _)| outputs.iter().any(|o| &o.name == public))
+            .collect()
+    };
     let mut signatures = Vec::new();
     if !cfg.signatures.contains_key(DEFAULT_SIGNATURE) {
         signatures.push(Signature {
             name: DEFAULT_SIGNATURE.to_owned(),
             inputs: inputs.clone(),
+            class_maps: class_maps_of(&raw_outputs),
             outputs: raw_outputs.clone(),
             postprocess: Vec::new(),
         });
@@ -117,6 +133,7 @@ pub(crate) fn build_signatures(
         signatures.push(Signature {
             name: name.clone(),
             inputs: inputs.clone(),
+            class_maps: class_maps_of(&outputs),
             outputs,
             postprocess: sig_cfg.postprocess.clone(),
         });

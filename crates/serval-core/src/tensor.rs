@@ -284,6 +284,27 @@ impl Tensor {
         Ok(Tensor { shape, data })
     }
 
+    /// A tensor of `shape` filled with zeros (empty strings for BYTES).
+    pub fn zeros(data_type: DataType, shape: Vec<usize>) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data = match data_type {
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::Uint8 => TensorData::Uint8(vec![0; n]),
+            DataType::Uint16 => TensorData::Uint16(vec![0; n]),
+            DataType::Uint32 => TensorData::Uint32(vec![0; n]),
+            DataType::Uint64 => TensorData::Uint64(vec![0; n]),
+            DataType::Int8 => TensorData::Int8(vec![0; n]),
+            DataType::Int16 => TensorData::Int16(vec![0; n]),
+            DataType::Int32 => TensorData::Int32(vec![0; n]),
+            DataType::Int64 => TensorData::Int64(vec![0; n]),
+            DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+            DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
+        };
+        Tensor { shape, data }
+    }
+
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape

@@ -325,6 +325,13 @@ mod pb {
         )
     }
 
+    /// `ValueInfoProto` of a float tensor of exactly `dims` (no batch axis; `[]` is a scalar).
+    pub fn fixed_float_tensor(field: u64, name: &str, dims: &[u64]) -> Vec<u8> {
+        let shape: Vec<Vec<u8>> = dims.iter().map(|&d| msg(1, &[int(1, d)])).collect();
+        let tensor = msg(1, &[int(1, FLOAT), msg(2, &shape)]);
+        msg(field, &[bytes(1, name.as_bytes()), msg(2, &[tensor])])
+    }
+
     /// `ValueInfoProto` of a sequence of map<int64, float>, as ZipMap outputs.
     pub fn seq_of_maps(field: u64, name: &str) -> Vec<u8> {
         let map = msg(5, &[int(1, INT64), msg(2, &[tensor_type(FLOAT, &[])])]);
@@ -389,9 +396,9 @@ fn hand_built_onnx_loads() {
 }
 
 #[test]
-fn zipmap_output_is_refused_with_export_advice() {
+fn sequence_output_not_made_by_zipmap_is_refused_naming_it() {
     let onnx = pb::model(&[
-        pb::node("ZipMap", "ai.onnx.ml", "x", "probabilities"),
+        pb::node("SequenceConstruct", "", "x", "probabilities"),
         pb::float_tensor(11, "x", &[2]),
         pb::seq_of_maps(12, "probabilities"),
     ]);
@@ -400,7 +407,11 @@ fn zipmap_output_is_refused_with_export_advice() {
     assert!(matches!(err, Error::Load { .. }), "{err:?}");
     expect_message(
         &err,
-        &["'m'", "output 'probabilities'", "not a tensor", "zipmap"],
+        &[
+            "'m'",
+            "output 'probabilities'",
+            "neither a tensor nor a ZipMap",
+        ],
     );
 }
 
@@ -420,5 +431,64 @@ fn unsupported_operator_on_tract_is_refused() {
             "backend = \"tract\" refused",
             "does not implement operator Scaler",
         ],
+    );
+}
+
+#[test]
+fn a_model_without_a_batch_axis_takes_whole_tensors() {
+    // A state shaped [2, 3] (no leading batch axis): one request is one instance, as sent.
+    let onnx = pb::model(&[
+        pb::node("Relu", "", "state", "next"),
+        pb::fixed_float_tensor(11, "state", &[2, 3]),
+        pb::fixed_float_tensor(12, "next", &[2, 3]),
+    ]);
+    let dir = repo_with(&onnx, "");
+    let model = open(dir.path()).load("m", None).unwrap();
+    assert!(!model.is_batchable());
+    let request = json!({"key": "k", "state": [[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]]});
+    let predictions = predict_instances(&model, None, &[request]).unwrap();
+    assert_eq!(predictions.keys, vec![Some("k".to_owned())]);
+    assert_eq!(
+        predictions.outputs[0].1,
+        fp32(vec![2, 3], vec![0.0, 2.0, 0.0, 4.0, 0.0, 6.0])
+    );
+    // Two requests in one call cannot be stacked: the error says what to send instead.
+    let one = json!({"state": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]});
+    let err = predict_instances(&model, None, &[one.clone(), one]).unwrap_err();
+    expect_invalid(&err, &["does not batch", "whole tensors"]);
+}
+
+#[test]
+fn a_scalar_input_is_fed_as_a_scalar() {
+    let onnx = pb::model(&[
+        pb::node("Relu", "", "rate", "out"),
+        pb::fixed_float_tensor(11, "rate", &[]),
+        pb::fixed_float_tensor(12, "out", &[]),
+    ]);
+    let dir = repo_with(&onnx, "");
+    let model = open(dir.path()).load("m", None).unwrap();
+    assert!(!model.is_batchable());
+    let predictions = predict_instances(&model, None, &[json!({"rate": 16000.0})]).unwrap();
+    assert_eq!(predictions.outputs[0].1, fp32(vec![], vec![16000.0]));
+    let err = predict_instances(&model, None, &[json!({"rate": [16000.0]})]).unwrap_err();
+    expect_invalid(&err, &["input 'rate' has shape [1]", "expects []"]);
+}
+
+#[test]
+fn max_batch_size_zero_turns_batching_off() {
+    let onnx = pb::model(&[
+        pb::node("Relu", "", "x", "y"),
+        pb::float_tensor(11, "x", &[2]),
+        pb::float_tensor(12, "y", &[2]),
+    ]);
+    let dir = repo_with(&onnx, "[batching]\nmax_batch_size = 0\n");
+    let model = open(dir.path()).load("m", None).unwrap();
+    assert!(!model.is_batchable());
+    // The whole [N, 2] tensor is one request.
+    let predictions =
+        predict_instances(&model, None, &[json!({"x": [[-1.0, 1.0], [2.0, -2.0]]})]).unwrap();
+    assert_eq!(
+        predictions.outputs[0].1,
+        fp32(vec![2, 2], vec![0.0, 1.0, 2.0, 0.0])
     );
 }

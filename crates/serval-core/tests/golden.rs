@@ -307,15 +307,25 @@ fn iris_lr_ort() {
 }
 
 #[test]
-fn auto_backend_picks_ort_for_trees_and_tract_otherwise() {
+fn auto_backend_picks_ort_when_present_and_tract_only_where_it_is_safe_otherwise() {
     let ort = common::ort_available();
     let repo = ModelRepository::open(common::examples_models(), common::options()).unwrap();
     for model in common::MODELS {
         let is_tree = matches!(model, "iris_forest" | "breast_cancer_gbt");
         let loaded = repo.load(model, None);
         match (is_tree, ort) {
-            (true, true) => assert_eq!(loaded.unwrap().backend_choice().kind, BackendKind::Ort),
-            (false, _) => assert_eq!(loaded.unwrap().backend_choice().kind, BackendKind::Tract),
+            (_, true) => {
+                let choice = loaded.unwrap().backend_choice().clone();
+                assert_eq!(choice.kind, BackendKind::Ort, "{model}");
+                assert!(
+                    choice.reason.contains("preferred"),
+                    "{model}: {}",
+                    choice.reason
+                );
+            }
+            (false, false) => {
+                assert_eq!(loaded.unwrap().backend_choice().kind, BackendKind::Tract)
+            }
             // Without ONNX Runtime, slow trees fall back to tract and wrong ones are refused.
             (true, false) if model == "iris_forest" => {
                 assert_eq!(loaded.unwrap().backend_choice().kind, BackendKind::Tract)

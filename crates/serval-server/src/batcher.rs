@@ -45,6 +45,8 @@ pub struct Stats {
     pub queue_ns: AtomicU64,
     /// Total nanoseconds of engine runs.
     pub compute_ns: AtomicU64,
+    /// Engine threads that panicked and were replaced.
+    pub engine_panics: AtomicU64,
 }
 
 struct Queue {
@@ -114,19 +116,7 @@ impl Batcher {
             metrics,
         });
         for ix in 0..workers {
-            let queue = queue.clone();
-            let name = format!(
-                "serval-{}-v{}-{ix}",
-                queue.model.name(),
-                queue.model.version()
-            );
-            // A worker that cannot start is a worker less; the others still serve.
-            if let Err(e) = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || queue.work())
-            {
-                tracing::error!(error = %e, "cannot start engine worker thread");
-            }
+            spawn_worker(queue.clone(), ix);
         }
         Batcher {
             queue,
@@ -258,9 +248,15 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn work(&self) {
+    /// Runs batches until the queue closes. A panic in the engine fails only its batch; the
+    /// thread then hands over to a fresh one, so nothing the panicking run left behind (on its
+    /// stack or in thread-locals of the engine) serves another request.
+    fn work(self: Arc<Queue>, ix: usize) {
         while let Some(batch) = self.next_batch() {
-            self.run(batch);
+            if let Err(Panicked) = self.run(batch) {
+                spawn_worker(self.clone(), ix);
+                return;
+            }
         }
     }
 
@@ -323,7 +319,7 @@ impl Queue {
         });
     }
 
-    fn run(&self, batch: Vec<Entry>) {
+    fn run(&self, batch: Vec<Entry>) -> std::result::Result<(), Panicked> {
         let started = Instant::now();
         let model = &self.model;
         for entry in &batch {
@@ -337,7 +333,7 @@ impl Queue {
         let total: usize = sizes.iter().sum();
         // Move the inputs out (the replies and admission permits stay with the entries), so a
         // lone request runs without copying its tensors.
-        let (mut inputs, waiting): (Vec<ValidInputs>, Vec<Waiting>) = batch
+        let (inputs, waiting): (Vec<ValidInputs>, Vec<Waiting>) = batch
             .into_iter()
             .map(|e| {
                 (
@@ -349,16 +345,14 @@ impl Queue {
                 )
             })
             .unzip();
-        let res = match inputs.pop() {
-            Some(only) if inputs.is_empty() => model.run(only),
-            Some(last) => {
-                inputs.push(last);
-                ValidInputs::concat(&inputs)
-                    .map_err(serval_core::Error::from)
-                    .and_then(|all| model.run(all))
-            }
-            None => return,
-        };
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        // Compute and scatter under one catch: every entry gets an answer even if the engine
+        // (or slicing its outputs) panics; an entry dropped unanswered would wait for its deadline.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_and_scatter(model, inputs, &sizes)
+        }));
         let compute = started.elapsed();
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -368,15 +362,28 @@ impl Queue {
             .compute_ns
             .fetch_add(compute.as_nanos() as u64, Ordering::Relaxed);
         self.metrics.record_batch(compute, total);
-        match res {
-            Ok(outputs) => {
-                let mut offset = 0;
-                for (entry, rows) in waiting.into_iter().zip(sizes) {
-                    let mine = outputs
-                        .iter()
-                        .map(|(n, t)| (n.clone(), t.slice_rows(offset, offset + rows)))
-                        .collect();
-                    offset += rows;
+        let (replies, panicked) = match outcome {
+            Ok(replies) => (replies, Ok(())),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                tracing::error!(model = %model.name(), version = model.version(), panic = %message, "engine thread panicked; its batch failed and a new thread replaces it");
+                self.stats.engine_panics.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record_engine_panic();
+                let error = serval_core::Error::Inference {
+                    model: model.name().to_owned(),
+                    version: model.version(),
+                    reason: format!("the engine panicked: {message}"),
+                };
+                (Err(error), Err(Panicked))
+            }
+        };
+        match replies {
+            Ok(mut parts) => {
+                for (entry, mine) in waiting.into_iter().zip(parts.drain(..)) {
                     self.stats.success.fetch_add(1, Ordering::Relaxed);
                     let _ = entry.reply.send(Ok(mine));
                 }
@@ -388,7 +395,52 @@ impl Queue {
                 }
             }
         }
+        panicked
     }
+}
+
+/// An engine run panicked (the batch was answered with an error).
+struct Panicked;
+
+fn spawn_worker(queue: Arc<Queue>, ix: usize) {
+    let name = format!(
+        "serval-{}-v{}-{ix}",
+        queue.model.name(),
+        queue.model.version()
+    );
+    // A worker that cannot start is a worker less; the others still serve.
+    if let Err(e) = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || queue.work(ix))
+    {
+        tracing::error!(error = %e, "cannot start engine worker thread");
+    }
+}
+
+/// Runs one batch and cuts its outputs into each entry's rows (`sizes`). A lone entry gets the
+/// outputs whole: a model that does not batch returns whatever shape it returns.
+fn run_and_scatter(
+    model: &Model,
+    mut inputs: Vec<ValidInputs>,
+    sizes: &[usize],
+) -> serval_core::Result<Vec<Vec<(String, Tensor)>>> {
+    if inputs.len() == 1 {
+        let only = inputs.swap_remove(0);
+        return Ok(vec![model.run(only)?]);
+    }
+    let outputs = model.run(ValidInputs::concat(&inputs)?)?;
+    let mut offset = 0;
+    Ok(sizes
+        .iter()
+        .map(|&rows| {
+            let mine = outputs
+                .iter()
+                .map(|(n, t)| (n.clone(), t.slice_rows(offset, offset + rows)))
+                .collect();
+            offset += rows;
+            mine
+        })
+        .collect())
 }
 
 /// Instances the next batch would hold (the oldest entry plus compatible ones, up to `max`).

@@ -56,7 +56,7 @@ impl GrpcInferenceService for InferenceService {
         _: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
         Ok(Response::new(ServerReadyResponse {
-            ready: self.inferencer.store().all_ready(),
+            ready: self.inferencer.server_ready(),
         }))
     }
 

@@ -66,6 +66,7 @@ pub struct Inferencer {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     precomputed: Arc<PrecomputedTables>,
+    strict_readiness: bool,
 }
 
 impl Inferencer {
@@ -78,7 +79,20 @@ impl Inferencer {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             precomputed: Arc::new(PrecomputedTables::default()),
+            strict_readiness: false,
         }
+    }
+
+    /// Makes server readiness need every model ready, as Triton's `--strict-readiness`.
+    pub fn with_strict_readiness(mut self, strict: bool) -> Inferencer {
+        self.strict_readiness = strict;
+        self
+    }
+
+    /// Whether the server is ready (`/v2/health/ready`, gRPC `ServerReady`); per-model
+    /// readiness is each model's own.
+    pub fn server_ready(&self) -> bool {
+        self.store.ready(self.strict_readiness)
     }
 
     /// Answers requests whose keys are in these tables from them instead of the models.

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub poll_interval: Option<Duration>,
     /// Batch outputs answering requests by key: (model, directory).
     pub precomputed: Vec<(String, std::path::PathBuf)>,
+    /// Server readiness needs every model ready (Triton's `--strict-readiness`), rather than
+    /// any one.
+    pub strict_readiness: bool,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -68,7 +71,8 @@ pub async fn serve(
         config.request_timeout,
         config.limits.max_concurrent_requests,
     )
-    .with_precomputed(tables.clone());
+    .with_precomputed(tables.clone())
+    .with_strict_readiness(config.strict_readiness);
     let state = Arc::new(http::RestState {
         inferencer: inferencer.clone(),
         limits: config.limits,

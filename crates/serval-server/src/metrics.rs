@@ -134,6 +134,15 @@ impl VersionMetrics {
             .increment(instances as u64);
     }
 
+    /// Counts an engine thread that panicked (its batch failed, a new thread took its place).
+    pub fn record_engine_panic(&self) {
+        let labels = [
+            ("model", self.model.clone()),
+            ("version", self.version.clone()),
+        ];
+        metrics::counter!(format!("{PREFIX}_engine_panics_total"), &labels).increment(1);
+    }
+
     /// Observes how long a queued request waited for a worker.
     pub fn record_queue(&self, queued: Duration) {
         self.histogram(&self.queue_duration, "queue_duration_seconds")

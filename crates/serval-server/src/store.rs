@@ -15,18 +15,14 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use serde_json::Value;
 use serval_core::config::VersionPolicy;
-use serval_core::instances::decode_instances;
 use serval_core::model::MODEL_FILE;
-use serval_core::{DataType, Model, ModelConfig, ModelRepository, Signature, Tensor, TensorData};
+use serval_core::warmup::{WARMUP_FILE, zero_inputs};
+use serval_core::{Model, ModelConfig, ModelRepository};
 
 use crate::batcher::Batcher;
 use crate::error::{Result, ServerError};
 use crate::metrics;
-
-/// Recorded warm-up requests beside a version's model (JSON Lines instances).
-pub const WARMUP_FILE: &str = "warmup.jsonl";
 
 /// How a request names a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,9 +269,16 @@ impl ModelStore {
         self.current().models.values().cloned().collect()
     }
 
-    /// Whether every model in the repository (not explicitly unloaded) has a ready version.
-    pub fn all_ready(&self) -> bool {
-        self.current().failures.is_empty()
+    /// Whether the server as a whole is ready. `strict` (Triton's `--strict-readiness`): every
+    /// model in the repository (not explicitly unloaded) has a ready version. Otherwise one model
+    /// that cannot load does not take the others out of service: ready once any model serves.
+    pub fn ready(&self, strict: bool) -> bool {
+        let snapshot = self.current();
+        if strict {
+            snapshot.failures.is_empty()
+        } else {
+            !snapshot.models.is_empty()
+        }
     }
 
     /// Every version the store knows: ready, failed or unloaded.
@@ -496,8 +499,8 @@ impl ModelStore {
         fingerprint: Fingerprint,
     ) -> serval_core::Result<ServedVersion> {
         let rss_before = resident_bytes();
+        // Loading includes warm-up (and the engine fallback it may trigger).
         let model = Arc::new(self.repository.load_version(name, version, config)?);
-        warm_up(&model)?;
         let rss_bytes_at_load = resident_bytes().saturating_sub(rss_before);
         let workers = model
             .config()
@@ -508,6 +511,7 @@ impl ModelStore {
             model = %name,
             version,
             backend = model.backend_choice().kind.as_str(),
+            reason = %model.backend_choice().reason,
             workers,
             rss_kib = rss_bytes_at_load / 1024,
             "loaded and warmed up"
@@ -597,51 +601,6 @@ impl Fingerprint {
     }
 }
 
-/// Runs warm-up requests before a version may serve: recorded instances from `warmup.jsonl`
-/// beside the model, else one instance generated from each signature.
-fn warm_up(model: &Model) -> serval_core::Result<()> {
-    let warmup_path = model.path().with_file_name(WARMUP_FILE);
-    let load_error = |reason: String| serval_core::Error::Load {
-        model: Some(model.name().to_owned()),
-        version: Some(model.version()),
-        path: warmup_path.clone(),
-        reason,
-    };
-    match std::fs::read_to_string(&warmup_path) {
-        Ok(text) => {
-            let instances: Vec<Value> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .enumerate()
-                .map(|(ix, l)| {
-                    serde_json::from_str(l).map_err(|e| load_error(format!("line {}: {e}", ix + 1)))
-                })
-                .collect::<serval_core::Result<_>>()?;
-            let signature = model.signature(None)?;
-            let decoded = decode_instances(signature, &model.config().key, &instances)
-                .map_err(|e| load_error(format!("warm-up request: {e}")))?;
-            model
-                .predict(None, decoded.inputs)
-                .map_err(|e| load_error(format!("warm-up request failed: {e}")))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            for signature in model.signatures() {
-                let inputs = zero_inputs(signature, None);
-                model.predict(Some(&signature.name), inputs).map_err(|e| {
-                    serval_core::Error::Load {
-                        model: Some(model.name().to_owned()),
-                        version: Some(model.version()),
-                        path: model.path().to_path_buf(),
-                        reason: format!("warm-up of signature '{}' failed: {e}", signature.name),
-                    }
-                })?;
-            }
-        }
-        Err(e) => return Err(load_error(format!("cannot read warm-up requests: {e}"))),
-    }
-    Ok(())
-}
-
 /// Per-row engine time, at a full batch, below which one engine thread outruns the HTTP front end
 /// on every core: the front end spends at least about 5 µs of CPU per request (an empty axum
 /// handler's cost on the bench machine), so a thread computing a row in under 5 µs / cores keeps
@@ -662,11 +621,11 @@ fn default_workers(model: &Model) -> usize {
     let Ok(signature) = model.signature(None) else {
         return cores;
     };
-    let inputs = zero_inputs(signature, Some(rows));
+    let inputs = zero_inputs(signature, Some(rows), 1);
     // The fastest of a few runs: the model is warm, and noise only ever adds time. A run ten
     // times over the line settles it at once, so heavy models do not pay five full batches at
     // load.
-    let line = FRONT_END_NS_PER_REQUEST * rows as u128 / cores as u128;
+    let line = front_end_line(rows, cores);
     let mut fastest = u128::MAX;
     for _ in 0..5 {
         let started = std::time::Instant::now();
@@ -680,45 +639,24 @@ fn default_workers(model: &Model) -> usize {
             break;
         }
     }
-    let ns_per_row = fastest / rows as u128;
-    tracing::debug!(model = %model.name(), version = model.version(), rows, ns_per_row, "engine cost at a full batch");
-    if fastest < line { 1 } else { cores }
+    tracing::debug!(model = %model.name(), version = model.version(), rows, ns_per_row = fastest / rows as u128, "engine cost at a full batch");
+    workers_for(fastest, rows, cores)
 }
 
-/// Zero-filled inputs for `signature`: dynamic dimensions are 1, and the leading (batch)
-/// dimension is `rows` when given.
-fn zero_inputs(signature: &Signature, rows: Option<usize>) -> Vec<(String, Tensor)> {
-    signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let mut shape: Vec<usize> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
-            if let (Some(rows), Some(batch)) = (rows, shape.first_mut()) {
-                *batch = rows;
-            }
-            (spec.name.clone(), zeros(spec.data_type, shape))
-        })
-        .collect()
+/// Nanoseconds a full batch of `rows` may take for one engine thread to outrun `cores` HTTP
+/// threads.
+fn front_end_line(rows: usize, cores: usize) -> u128 {
+    FRONT_END_NS_PER_REQUEST * rows as u128 / cores.max(1) as u128
 }
 
-fn zeros(data_type: DataType, shape: Vec<usize>) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = match data_type {
-        DataType::Bool => TensorData::Bool(vec![false; n]),
-        DataType::Uint8 => TensorData::Uint8(vec![0; n]),
-        DataType::Uint16 => TensorData::Uint16(vec![0; n]),
-        DataType::Uint32 => TensorData::Uint32(vec![0; n]),
-        DataType::Uint64 => TensorData::Uint64(vec![0; n]),
-        DataType::Int8 => TensorData::Int8(vec![0; n]),
-        DataType::Int16 => TensorData::Int16(vec![0; n]),
-        DataType::Int32 => TensorData::Int32(vec![0; n]),
-        DataType::Int64 => TensorData::Int64(vec![0; n]),
-        DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
-        DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
-        DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-        DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
-    };
-    Tensor::new(shape, data).expect("zeros has exactly product(shape) elements. This is a bug.")
+/// The engine threads for a model whose fastest full batch of `rows` took `fastest_ns`: one when
+/// that outruns the front end, else one per core.
+fn workers_for(fastest_ns: u128, rows: usize, cores: usize) -> usize {
+    if cores > 1 && rows > 1 && fastest_ns < front_end_line(rows, cores) {
+        1
+    } else {
+        cores
+    }
 }
 
 /// Resident set size of this process, from `/proc/self/statm` (0 where unavailable).
@@ -732,4 +670,27 @@ pub fn resident_bytes() -> u64 {
         })
         .unwrap_or(0);
     pages * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workers_for;
+
+    /// The rule on injected measurements: the timing itself is never asserted (it depends on
+    /// the machine and its load).
+    #[test]
+    fn one_engine_thread_only_for_models_that_outrun_the_front_end() {
+        // 64 rows on 2 cores: the line is 5 µs x 64 / 2 = 160 µs per batch.
+        assert_eq!(workers_for(20_000, 64, 2), 1, "a logistic regression");
+        assert_eq!(workers_for(159_999, 64, 2), 1);
+        assert_eq!(workers_for(160_000, 64, 2), 2, "at the line");
+        assert_eq!(workers_for(5_000_000, 64, 2), 2, "an MLP");
+        assert_eq!(workers_for(20_000, 64, 1), 1, "one core: one thread anyway");
+        assert_eq!(workers_for(20_000, 64, 8), 1);
+        assert_eq!(
+            workers_for(20_000, 1, 4),
+            4,
+            "no batching: nothing to gain from one thread"
+        );
+    }
 }

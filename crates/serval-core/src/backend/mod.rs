@@ -52,14 +52,19 @@ pub struct BackendChoice {
     pub reason: String,
 }
 
-/// Picks the engine for `graph` under the config's preference, or explains why none fits.
+/// The engines to try for `graph`, in order, each with the reason it would be chosen; or why
+/// none can run it. The loader takes the first that loads and passes warm-up.
 ///
-/// `ort_status` is `Ok(())` when ONNX Runtime is loaded, else the reason it is not.
-pub fn choose(
+/// With ONNX Runtime present, `auto` prefers it: it is the reference every exporter tests
+/// against, and it matches or beats tract on every measured model (docs/benchmarks.md). tract
+/// comes second, as the fallback where ONNX Runtime fails, unless a known hazard says it would
+/// refuse the graph or answer wrongly. Without ONNX Runtime, tract runs what it can run
+/// correctly. `ort_status` is `Ok(())` when ONNX Runtime is loaded, else the reason it is not.
+pub fn candidates(
     preference: BackendPreference,
     graph: &GraphInfo,
     ort_status: Result<(), &str>,
-) -> Result<BackendChoice, String> {
+) -> Result<Vec<BackendChoice>, String> {
     let fatal: Vec<&str> = graph
         .tract_hazards
         .iter()
@@ -72,38 +77,49 @@ pub fn choose(
         .filter(|h| !h.is_fatal())
         .map(TractHazard::reason)
         .collect();
-    let choice = |kind, reason: String| Ok(BackendChoice { kind, reason });
+    let choice = |kind, reason: String| BackendChoice { kind, reason };
     match preference {
         BackendPreference::Tract if !fatal.is_empty() => Err(format!(
             "backend = \"tract\" refused: {}; use backend = \"ort\" or \"auto\"",
             fatal.join("; ")
         )),
-        BackendPreference::Tract => {
-            choice(BackendKind::Tract, "configured: backend = \"tract\"".into())
-        }
+        BackendPreference::Tract => Ok(vec![choice(
+            BackendKind::Tract,
+            "configured: backend = \"tract\"".into(),
+        )]),
         BackendPreference::Ort => match ort_status {
-            Ok(()) => choice(BackendKind::Ort, "configured: backend = \"ort\"".into()),
+            Ok(()) => Ok(vec![choice(
+                BackendKind::Ort,
+                "configured: backend = \"ort\"".into(),
+            )]),
             Err(why) => Err(format!(
                 "backend = \"ort\" but ONNX Runtime is unavailable: {why}"
             )),
         },
-        BackendPreference::Auto => match (fatal.is_empty(), slow.is_empty(), ort_status) {
-            (true, true, _) => choice(
-                BackendKind::Tract,
-                "auto: tract runs every operator of this graph correctly".into(),
-            ),
-            (_, _, Ok(())) => {
-                let reasons: Vec<&str> = fatal.iter().chain(&slow).copied().collect();
-                choice(BackendKind::Ort, format!("auto: {}", reasons.join("; ")))
+        BackendPreference::Auto => match (ort_status, fatal.is_empty()) {
+            (Ok(()), tract_may_run) => {
+                let mut order = vec![choice(
+                    BackendKind::Ort,
+                    "auto: ONNX Runtime is present and preferred".into(),
+                )];
+                if tract_may_run {
+                    order.push(choice(
+                        BackendKind::Tract,
+                        "auto: tract, as the fallback".into(),
+                    ));
+                }
+                Ok(order)
             }
-            (true, false, Err(why)) => choice(
-                BackendKind::Tract,
-                format!(
-                    "auto: {} (ONNX Runtime unavailable: {why})",
-                    slow.join("; ")
-                ),
-            ),
-            (false, _, Err(why)) => Err(format!(
+            (Err(why), true) => {
+                let mut reason = format!(
+                    "auto: ONNX Runtime unavailable ({why}); tract runs every operator of this graph"
+                );
+                if !slow.is_empty() {
+                    reason = format!("{reason}, but {}", slow.join("; "));
+                }
+                Ok(vec![choice(BackendKind::Tract, reason)])
+            }
+            (Err(why), false) => Err(format!(
                 "needs ONNX Runtime because {}; but it is unavailable: {why}",
                 fatal.join("; ")
             )),

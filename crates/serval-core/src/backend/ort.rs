@@ -1,6 +1,7 @@
 //! ONNX Runtime through the `ort` crate, loaded at run time from a shared library.
 //!
-//! Chosen for graphs tract gets wrong or slow (tree ensembles, full ONNX-ML). `Session::run`
+//! The default engine wherever its library is found: it runs every graph ONNX Runtime can run,
+//! the ONNX-ML operators (tree ensembles, ZipMap) and convolutional networks included. `Session::run`
 //! takes `&mut self`, so each loaded version keeps a pool of sessions, each single-threaded:
 //! on small machines parallelism comes from concurrent requests, not intra-op threads.
 
@@ -21,6 +22,8 @@ use crate::tensor::{Tensor, TensorData};
 pub struct OrtBackend {
     sessions: Pool<Session>,
     input_names: Vec<String>,
+    /// Per graph output: the class labels of a ZipMap's sequence of maps, else `None`.
+    map_labels: Vec<Option<Vec<String>>>,
 }
 
 impl OrtBackend {
@@ -41,9 +44,15 @@ impl OrtBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let input_names = graph.inputs.iter().map(|s| s.name.clone()).collect();
+        let map_labels = graph
+            .outputs
+            .iter()
+            .map(|o| graph.map_outputs.get(&o.name).cloned())
+            .collect();
         Ok(OrtBackend {
             sessions: Pool::new(sessions),
             input_names,
+            map_labels,
         })
     }
 }
@@ -59,7 +68,14 @@ impl Backend for OrtBackend {
             .collect::<Result<Vec<_>, _>>()?;
         self.sessions.with(|session| {
             let outputs = session.run(values).map_err(|e| e.to_string())?;
-            outputs.values().map(|v| from_ort(&v)).collect()
+            outputs
+                .values()
+                .zip(&self.map_labels)
+                .map(|(v, labels)| match labels {
+                    Some(labels) => from_ort_maps(v, labels),
+                    None => from_ort(&v),
+                })
+                .collect()
         })
     }
 }
@@ -170,6 +186,37 @@ fn to_ort(tensor: Tensor) -> Result<DynValue, String> {
             .map(|t| t.into_dyn())
             .map_err(|e| e.to_string()),
     }
+}
+
+/// A ZipMap's sequence of `{class: probability}` maps as a `[N, C]` tensor, columns in `labels`
+/// order (ONNX Runtime's maps come back in key order, which for string labels is not theirs).
+fn from_ort_maps(value: ort::value::DynValueRef<'_>, labels: &[String]) -> Result<Tensor, String> {
+    use ort::value::{DynMapValueType, DynSequenceValueType};
+    let sequence = value
+        .downcast::<DynSequenceValueType>()
+        .map_err(|e| e.to_string())?;
+    let maps = sequence
+        .try_extract_sequence::<DynMapValueType>()
+        .map_err(|e| e.to_string())?;
+    let mut data = vec![0f32; maps.len() * labels.len()];
+    for (row, map) in maps.iter().enumerate() {
+        let entries: Vec<(String, f32)> = match map.try_extract_key_values::<i64, f32>() {
+            Ok(entries) => entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            Err(_) => map
+                .try_extract_key_values::<String, f32>()
+                .map_err(|e| e.to_string())?,
+        };
+        for (class, probability) in entries {
+            let column = labels.iter().position(|l| *l == class).ok_or_else(|| {
+                format!("ZipMap produced class '{class}', which its class labels do not list")
+            })?;
+            data[row * labels.len() + column] = probability;
+        }
+    }
+    Tensor::new(vec![maps.len(), labels.len()], TensorData::Fp32(data)).map_err(|e| e.to_string())
 }
 
 fn from_ort(value: &ort::value::DynValueRef<'_>) -> Result<Tensor, String> {

@@ -1,7 +1,7 @@
 //! tract, the pure-Rust engine: the default, and what the edge/WASM runtime runs.
 //!
-//! One optimized plan per model version with a symbolic batch dimension `N`, so every batch size
-//! runs on the same plan; one `SimpleState` per concurrent caller.
+//! One optimized plan per model version with a symbolic batch dimension (the file's name for it,
+//! else `N`), so every batch size runs on the same plan; one `SimpleState` per concurrent caller.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,17 +38,22 @@ impl TractBackend {
             ));
         }
         let mut model = parsed.model;
-        let batch = model.symbols.sym("N");
-        for (ix, spec) in graph.inputs.iter().enumerate() {
+        // The file's own dimension names are kept (its graph may refer to them); only the batch
+        // axis is one symbol across inputs, named as the file names it, else `N`.
+        let batch = model
+            .symbols
+            .sym(graph.batch_dim_name.as_deref().unwrap_or("N"));
+        for (ix, (spec, names)) in graph.inputs.iter().zip(&graph.input_dim_names).enumerate() {
             let shape: TVec<TDim> = spec
                 .shape
                 .iter()
+                .zip(names)
                 .enumerate()
-                .map(|(axis, d)| match d {
-                    Some(d) => TDim::from(*d),
-                    // The batch axis becomes the shared symbol; other dynamic axes get their own.
-                    None if axis == 0 => batch.to_dim(),
-                    None => model
+                .map(|(axis, (d, name))| match (d, name) {
+                    (Some(d), _) => TDim::from(*d),
+                    (None, _) if axis == 0 && graph.batched => batch.to_dim(),
+                    (None, Some(name)) => model.symbols.sym(name).to_dim(),
+                    (None, None) => model
                         .symbols
                         .new_with_prefix(&format!("{}_{axis}_", spec.name))
                         .to_dim(),

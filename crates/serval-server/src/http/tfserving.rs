@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 use serval_core::instances::{
     DecodedInstances, InstancesSeed, KeyedPredictions, RowView, TensorView, decode_instances,
+    decode_whole,
 };
 
 use super::{AppState, check_instances, header_timeout, json_ok, parse_json, read_body};
@@ -158,6 +159,7 @@ async fn post_model(
             .shed_if_saturated(m, &target.version, "tfserving")?;
     }
     let served = served_model.and_then(|m| m.resolve(&target.version));
+    let class_maps = served.as_ref().ok().map(|served| served.model.clone());
     let (signature, decoded, columnar) = match served
         .as_ref()
         .ok()
@@ -169,6 +171,15 @@ async fn post_model(
         }
         None => decode_slow(&bytes, served, &state.limits)?,
     };
+    // ZipMap outputs go out as `{label: probability}` per instance, labelled as the version
+    // decoded against declares them.
+    let class_maps = class_maps
+        .and_then(|m| {
+            m.signature(Some(&signature))
+                .ok()
+                .map(|s| s.class_maps.clone())
+        })
+        .unwrap_or_default();
     let response = state
         .inferencer
         .infer(InferRequest {
@@ -188,6 +199,7 @@ async fn post_model(
         keys: response.keys,
         outputs: response.outputs,
         warnings: decoded.warnings,
+        class_maps,
     };
     // TF Serving drops the name of a single output; keyed predictions need named fields.
     let bare = keyed.outputs.len() == 1 && keyed.keys.iter().all(Option::is_none);
@@ -297,11 +309,38 @@ fn decode_slow(
             ));
         }
         (Some(instances), None) => (instances, false),
+        (None, Some(inputs)) if !model.is_batchable() => {
+            // A model that does not batch takes columnar inputs as the whole tensors they are.
+            let request = match inputs {
+                Value::Object(map) => Value::Object(map),
+                bare if signature.inputs.len() == 1 => {
+                    json!({ signature.inputs[0].name.clone(): bare })
+                }
+                _ => {
+                    return Err(ServerError::BadRequest(format!(
+                        "'inputs' must be an object naming the model's inputs ({})",
+                        signature.input_names()
+                    )));
+                }
+            };
+            let decoded =
+                decode_whole(signature, key_name, &request).map_err(serval_core::Error::from)?;
+            return Ok((signature.name.clone(), decoded, true));
+        }
         (None, Some(inputs)) => (columnar_to_instances(inputs, signature, key_name)?, true),
     };
     check_instances(instances.len(), limits)?;
-    let decoded =
-        decode_instances(signature, key_name, &instances).map_err(serval_core::Error::from)?;
+    let decoded = decode_instances(signature, key_name, &instances).map_err(|e| {
+        if model.is_batchable() {
+            return serval_core::Error::from(e);
+        }
+        serval_core::InputError::new(format!(
+            "{e}; model '{}' does not batch (no shared leading batch axis): send its whole \
+             tensors as columnar 'inputs'",
+            model.name()
+        ))
+        .into()
+    })?;
     Ok((signature.name.clone(), decoded, columnar))
 }
 

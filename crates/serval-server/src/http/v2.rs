@@ -78,11 +78,13 @@ async fn server_metadata() -> Response {
 }
 
 async fn server_ready(State(state): State<AppState>) -> Result<Response> {
-    if state.inferencer.store().all_ready() {
+    if state.inferencer.server_ready() {
         Ok(axum::Json(json!({"ready": true})).into_response())
     } else {
         Err(ServerError::Unavailable(
-            "not ready: some models failed to load (see /v1/models/<name>)".into(),
+            "not ready: no model serves yet, or (with --strict-readiness) some model failed to \
+             load; see /v2/repository/index"
+                .into(),
         ))
     }
 }
@@ -101,15 +103,29 @@ pub(crate) struct TensorMetadata {
     name: String,
     datatype: &'static str,
     shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<TensorParameters>,
 }
 
-pub(crate) fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
+/// What an output tensor's columns are, for an output the graph makes as `{class: p}` maps.
+#[derive(Serialize)]
+pub(crate) struct TensorParameters {
+    class_labels: Vec<String>,
+}
+
+pub(crate) fn tensor_metadata(
+    specs: &[TensorSpec],
+    class_maps: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<TensorMetadata> {
     specs
         .iter()
         .map(|s| TensorMetadata {
             name: s.name.clone(),
             datatype: s.data_type.as_str(),
             shape: s.shape_i64(),
+            parameters: class_maps.get(&s.name).map(|labels| TensorParameters {
+                class_labels: labels.clone(),
+            }),
         })
         .collect()
 }
@@ -136,8 +152,8 @@ fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Resp
         "name": model,
         "versions": served_model.versions.keys().map(u64::to_string).collect::<Vec<_>>(),
         "platform": "onnx_onnxv1",
-        "inputs": tensor_metadata(&signature.inputs),
-        "outputs": tensor_metadata(&signature.outputs),
+        "inputs": tensor_metadata(&signature.inputs, &Default::default()),
+        "outputs": tensor_metadata(&signature.outputs, &signature.class_maps),
     }))
 }
 
@@ -233,6 +249,7 @@ fn version_stats(model: &str, served: &crate::store::ServedVersion) -> Value {
             "queue": {"count": success, "ns": s.queue_ns.load(Relaxed)},
             "compute_infer": {"count": s.executions.load(Relaxed), "ns": s.compute_ns.load(Relaxed)},
         },
+        "engine_panics": s.engine_panics.load(Relaxed),
         "queue_size": served.batcher.queued(),
         "engine_threads": served.batcher.workers(),
         "memory": {"rss_bytes_at_load": served.rss_bytes_at_load, "process_rss_bytes": crate::store::resident_bytes()},
@@ -263,6 +280,7 @@ fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Respon
         "name": model,
         "platform": "onnxruntime_onnx",
         "backend": m.backend_choice().kind.as_str(),
+        "backend_reason": m.backend_choice().reason,
         "max_batch_size": max_batch_size,
         "input": tensors(&signature.inputs),
         "output": tensors(&signature.outputs),
