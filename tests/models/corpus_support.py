@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "protocol"))
 import build_corpus  # noqa: E402
 from support import ServalServer  # noqa: E402
 
-# Loading eleven models (three of them OCR networks) and warming them up on a debug build.
+# Loading fourteen models (three of them OCR networks) and warming them up on a debug build.
 READY_TIMEOUT_S = float(os.environ.get("SERVAL_CORPUS_READY_TIMEOUT", "300"))
 
 MARKERS = {

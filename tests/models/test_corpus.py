@@ -11,7 +11,9 @@ What the server is expected to do with them:
   `{"outputs": {...}}` out;
 - ZipMap outputs (a sequence of {class: probability} maps) come back over v2 as an FP32 [N, C]
   tensor under the same name, columns in the order of the map's keys as onnxruntime returns
-  them, and over TF REST as one `{label: probability}` object per instance.
+  them, and over TF REST as one `{label: probability}` object per instance;
+- variants of one CNN (issue 12): weights in an external data file beside model.onnx, FP16
+  inputs and outputs (FP16 over v2, JSON numbers over TF REST), int8 QDQ.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from corpus_support import corpus, marks_for, reference, session
 
 RTOL = 1e-4
 ATOL = 1e-5
+# FP16 outputs (ocr_cls_fp16) are compared with onnxruntime on the same FP16 file and inputs:
+# within one FP16 ulp (2^-10 relative at worst).
+FP16_RTOL = 1e-3
+FP16_ATOL = 1e-4
 
 MODELS = sorted(corpus().models)
 
@@ -78,8 +84,10 @@ def assert_same(where: str, got, want: np.ndarray, check_dtype: bool = True):
     if check_dtype:
         assert got.dtype == want.dtype, f"{where}: dtype {got.dtype} != {want.dtype}"
     if want.dtype.kind == "f":
+        half = want.dtype == np.float16
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
-                                   rtol=RTOL, atol=ATOL, err_msg=where)
+                                   rtol=FP16_RTOL if half else RTOL,
+                                   atol=FP16_ATOL if half else ATOL, err_msg=where)
     else:
         np.testing.assert_array_equal(got, want, err_msg=where)
 
@@ -95,6 +103,27 @@ def test_corpus_has_no_config():
         assert (root / model / "1" / "model.onnx").is_file()
 
 
+def test_external_data_layout():
+    """A model saved with external data: its version directory holds model.onnx, without the
+    weights, and the data file that every initializer refers to (by a relative location)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    external = [m for m in MODELS if corpus().models[m]["source"].get("data_file")]
+    assert external, "the corpus has no model with external data"
+    for model in external:
+        version = corpus().root / model / "1"
+        data_file = corpus().models[model]["source"]["data_file"]
+        assert sorted(p.name for p in version.iterdir()) == sorted(["model.onnx", data_file])
+        proto = onnx.load(str(version / "model.onnx"), load_external_data=False)
+        assert proto.graph.initializer, f"{model}: no initializers"
+        for tensor in proto.graph.initializer:
+            assert uses_external_data(tensor), f"{model}: {tensor.name} is stored inline"
+            location = {e.key: e.value for e in tensor.external_data}["location"]
+            assert location == data_file, f"{model}: {tensor.name} is in {location}"
+        assert (version / data_file).stat().st_size > (version / "model.onnx").stat().st_size
+
+
 @pytest.mark.parametrize("model", model_params())
 def test_ready(corpus_server, http, model):
     """Every model onnxruntime runs is served by default (per-model readiness), on ONNX Runtime
@@ -107,7 +136,8 @@ def test_ready(corpus_server, http, model):
 
 
 # ONNX TensorProto element types -> v2 datatypes.
-ELEM_TYPES = {1: "FP32", 11: "FP64", 7: "INT64", 6: "INT32", 9: "BOOL", 8: "BYTES"}
+ELEM_TYPES = {1: "FP32", 10: "FP16", 11: "FP64", 7: "INT64", 6: "INT32", 9: "BOOL",
+              8: "BYTES"}
 
 
 @lru_cache(maxsize=None)

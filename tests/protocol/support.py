@@ -146,7 +146,15 @@ _LISTENING = re.compile(r"serval listening http=(\S+):(\d+) grpc=(\S+):(\d+)")
 class ServalServer:
     """A `serval serve` child process on loopback with OS-assigned ports."""
 
-    def __init__(self, *extra_args: str, repo: Path = REPO, start_timeout: float = 60.0):
+    def __init__(
+        self,
+        *extra_args: str,
+        repo: Path = REPO,
+        start_timeout: float = 60.0,
+        wait_ready: bool = True,
+    ):
+        """Starts the server; waits for `/v2/health/ready`, or with `wait_ready=False` only for
+        the ports (models are loaded before serval announces them)."""
         binary = serval_bin()
         if not binary.is_file():
             raise RuntimeError(
@@ -181,7 +189,7 @@ class ServalServer:
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
         try:
-            self._wait_started(start_timeout)
+            self._wait_started(start_timeout, wait_ready)
         except BaseException:
             self.kill()
             raise
@@ -195,7 +203,7 @@ class ServalServer:
                 self.grpc_host, self.grpc_port = m.group(3), int(m.group(4))
                 self._listening.set()
 
-    def _wait_started(self, timeout: float):
+    def _wait_started(self, timeout: float, wait_ready: bool):
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.1):
             if self.proc.poll() is not None:
@@ -203,7 +211,7 @@ class ServalServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"serval did not announce its ports in {timeout}s:\n{self.stderr_text()}")
         assert self.http_host == "127.0.0.1" and self.grpc_host == "127.0.0.1", self.stdout_lines
-        while True:
+        while wait_ready:
             try:
                 r = requests.get(f"{self.url}/v2/health/ready", timeout=2)
                 if r.status_code == 200 and r.json() == {"ready": True}:

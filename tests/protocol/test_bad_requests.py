@@ -265,7 +265,8 @@ TF_CASES = [
     ("unknown-version", {"instances": [ROW]}, f"path:{MODEL}/versions/7:predict", 404, ["7"]),
     ("bad-version", {"instances": [ROW]}, f"path:{MODEL}/versions/abc:predict", 400, ["abc"]),
     ("unknown-label", {"instances": [ROW]}, f"path:{MODEL}/labels/canary:predict", 404, ["canary"]),
-    ("unknown-verb", {"instances": [ROW]}, f"path:{MODEL}:regress", 400, [":regress"]),
+    ("unknown-verb", {"instances": [ROW]}, f"path:{MODEL}:explain", 400, [":explain", ":classify"]),
+    ("regress-without-examples", {"instances": [ROW]}, f"path:{MODEL}:regress", 400, ["instances"]),
     ("no-verb", {"instances": [ROW]}, f"path:{MODEL}", 404, [":predict"]),
     ("extra-path", {"instances": [ROW]}, f"path:{MODEL}/versions/1/extra:predict", 404, ["extra"]),
 ]

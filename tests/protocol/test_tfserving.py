@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from support import (
+    ATOL,
     GOLDEN,
     MODELS,
+    RTOL,
     assert_error,
     assert_minted,
     assert_outputs_match,
     features,
     golden_keys,
+    golden_outputs,
 )
 
 TF_DTYPES = {"FP32": "DT_FLOAT", "INT64": "DT_INT64", "BYTES": "DT_STRING"}
@@ -189,3 +193,37 @@ def test_metadata_not_found(http, server):
     assert_error(http.get(f"{server.url}/v2/models/iris_lr/versions/9", timeout=10), 404, "9")
     assert_error(http.get(f"{server.url}/v2/models/no_such_model/ready", timeout=10), 404, "no_such_model")
     assert_error(http.get(f"{server.url}/no/such/route", timeout=10), 404, "/no/such/route")
+
+
+def test_classify_returns_label_score_pairs_per_example(http, server):
+    """TF Serving's Classify API: `examples` (with shared `context`) in, `[label, score]` for every
+    class out, labels from the model's class_labels, scores the signature's probabilities."""
+    model = "iris_logits"
+    rows = features(model).tolist()
+    # `context` holds features every example shares: here the whole input, overridden per example.
+    body = {"signature_name": "classify", "context": {"features": rows[0]},
+            "examples": [{"key": k} if i == 0 else {"key": k, "features": f}
+                         for i, (k, f) in enumerate(zip(golden_keys(model), rows))]}
+    r = http.post(f"{server.url}/v1/models/{model}:classify", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    expected = golden_outputs(model, "classify")["probabilities"]
+    assert len(result) == len(expected)
+    for got, want in zip(result, expected):
+        assert [label for label, _ in got] == ["setosa", "versicolor", "virginica"]
+        np.testing.assert_allclose([p for _, p in got], want, rtol=RTOL, atol=ATOL)
+
+
+def test_regress_returns_one_value_per_example(http, server):
+    model = "diabetes_linear"
+    body = {"examples": [{"features": f} for f in features(model).tolist()]}
+    r = http.post(f"{server.url}/v1/models/{model}:regress", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    want = np.asarray(golden_outputs(model)["variable"], dtype=np.float64).reshape(-1)
+    np.testing.assert_allclose(r.json()["result"], want, rtol=RTOL, atol=ATOL)
+
+
+def test_classify_without_one_score_output_says_so(http, server):
+    body = {"examples": [{"features": features("diabetes_linear").tolist()[0]}]}
+    r = http.post(f"{server.url}/v1/models/diabetes_linear:classify", json=body, timeout=30)
+    assert_error(r, 400, "exactly one [N, C] float output")

@@ -27,6 +27,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         Some(model) => vec![model.clone()],
         None => repository.model_names()?,
     };
+    anyhow::ensure!(
+        !names.is_empty(),
+        "{} holds no model directories (expected <repository>/<model>/<version>/model.onnx)",
+        repository.root().display()
+    );
     // Every model is reported, loaded or not; a failure only decides the exit code at the end.
     let mut described = Vec::new();
     let mut failed = Vec::new();

@@ -20,7 +20,7 @@ mod serve;
 
 /// Serval: serve exported ONNX models resiliently — in-process, online, in bulk.
 #[derive(Parser)]
-#[command(name = "serval", version, about, long_about = None)]
+#[command(name = "serval", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

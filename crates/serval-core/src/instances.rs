@@ -31,6 +31,8 @@ pub struct KeyedPredictions {
     /// Outputs the model produces as `{class: probability}` maps (the signature's
     /// `class_maps`): each row of these goes out as such an object, as the converter meant.
     pub class_maps: BTreeMap<String, Vec<String>>,
+    /// The outputs are one request's whole tensors (a model that does not batch), not rows.
+    pub whole: bool,
 }
 
 impl KeyedPredictions {
@@ -68,6 +70,10 @@ impl Serialize for Prediction<'_> {
             map.serialize_entry(&p.key_name, key)?;
         }
         for (name, tensor) in &p.outputs {
+            if p.whole {
+                map.serialize_entry(name, &TensorView(tensor))?;
+                continue;
+            }
             let row = RowView {
                 tensor,
                 row: self.row,
@@ -99,6 +105,7 @@ pub fn predict_instances(
         outputs,
         warnings: decoded.warnings,
         class_maps: sig.class_maps.clone(),
+        whole: !model.is_batchable(),
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{MODEL_FILE, Model};
 
 /// Process-wide loading options.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,23 @@ impl ModelRepository {
                 version: None,
                 path: root,
                 reason: "model repository is not a directory".to_owned(),
+            });
+        }
+        // A model directory given for the repository would otherwise read as models named
+        // `1`, `2`, ... without versions: say what was meant instead.
+        if let Some(version) = read_dir(&root, None)?
+            .into_iter()
+            .find(|(name, path)| name.parse::<u64>().is_ok() && path.join(MODEL_FILE).is_file())
+        {
+            return Err(Error::Load {
+                model: None,
+                version: None,
+                path: root,
+                reason: format!(
+                    "this is a model directory (it holds version {}/{MODEL_FILE}), not a \
+                     repository of models: pass its parent directory",
+                    version.0
+                ),
             });
         }
         Ok(ModelRepository { root, options })

@@ -358,10 +358,15 @@ mod pb {
         )
     }
 
-    /// `ModelProto` with one graph.
+    /// `ModelProto` with one graph, default opset 13.
     pub fn model(graph: &[Vec<u8>]) -> Vec<u8> {
+        model_with_opset(graph, 13)
+    }
+
+    /// `ModelProto` with one graph, declaring default-domain `opset`.
+    pub fn model_with_opset(graph: &[Vec<u8>], opset: u64) -> Vec<u8> {
         let mut parts = vec![int(1, 8)];
-        parts.push(msg(8, &[bytes(1, b""), int(2, 13)]));
+        parts.push(msg(8, &[bytes(1, b""), int(2, opset)]));
         parts.push(msg(8, &[bytes(1, b"ai.onnx.ml"), int(2, 3)]));
         let mut graph = graph.to_vec();
         graph.push(bytes(2, b"g"));
@@ -490,5 +495,59 @@ fn max_batch_size_zero_turns_batching_off() {
     assert_eq!(
         predictions.outputs[0].1,
         fp32(vec![2, 2], vec![0.0, 1.0, 2.0, 0.0])
+    );
+}
+
+#[test]
+fn auto_falls_back_to_tract_when_onnx_runtime_cannot_load_the_graph() {
+    if !common::ort_available() {
+        eprintln!("SERVAL_SKIP_ORT=1: skipping (the fallback is from ONNX Runtime)");
+        return;
+    }
+    // ONNX Runtime 1.32 refuses an opset newer than it knows; tract runs Relu regardless.
+    let onnx = pb::model_with_opset(
+        &[
+            pb::node("Relu", "", "x", "y"),
+            pb::float_tensor(11, "x", &[2]),
+            pb::float_tensor(12, "y", &[2]),
+        ],
+        99,
+    );
+    let dir = repo_with(&onnx, "");
+    let model = open(dir.path()).load("m", None).unwrap();
+    let choice = model.backend_choice();
+    assert_eq!(choice.kind, serval_core::backend::BackendKind::Tract);
+    assert!(
+        choice.reason.contains("fallback") && choice.reason.contains("ort failed to load"),
+        "{}",
+        choice.reason
+    );
+    let out = model
+        .predict(None, vec![("x".into(), fp32(vec![1, 2], vec![-1.0, 2.0]))])
+        .unwrap();
+    assert_eq!(out[0].1, fp32(vec![1, 2], vec![0.0, 2.0]));
+}
+
+#[test]
+fn a_graph_no_engine_loads_is_refused_naming_each_engine() {
+    if !common::ort_available() {
+        eprintln!("SERVAL_SKIP_ORT=1: skipping (needs both engines)");
+        return;
+    }
+    let onnx = pb::model(&[
+        pb::node("NoSuchOperator", "", "x", "y"),
+        pb::float_tensor(11, "x", &[2]),
+        pb::float_tensor(12, "y", &[2]),
+    ]);
+    let dir = repo_with(&onnx, "");
+    let err = open(dir.path()).load("m", None).unwrap_err();
+    assert!(matches!(err, Error::Load { .. }), "{err:?}");
+    expect_message(
+        &err,
+        &[
+            "ort failed to load",
+            "tract failed to load",
+            "NoSuchOperator",
+        ],
     );
 }

@@ -54,6 +54,9 @@ pub async fn serve(
     // Before loading: each version looks its metric series up once, from the installed recorder.
     let handle = metrics::install().map_err(ServeError::Metrics)?;
     let store = Arc::new(store::ModelStore::load(repository.clone())?);
+    if repository.model_names()?.is_empty() {
+        tracing::warn!(repository = %repository.root().display(), "the repository holds no model directories yet (expected <repository>/<model>/<version>/model.onnx); serving none until one appears");
+    }
     if let Some((model, _)) = config
         .precomputed
         .iter()

@@ -309,6 +309,17 @@ impl ModelStore {
                 });
             }
         }
+        // Models with no version to try (invalid config, no version directory) are listed too.
+        for (name, reason) in &snapshot.failures {
+            if !snapshot.version_failures.keys().any(|(n, _)| n == name) {
+                index.push(VersionStatus {
+                    name: name.clone(),
+                    version: 0,
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                });
+            }
+        }
         for name in &snapshot.unloaded {
             index.push(VersionStatus {
                 name: name.clone(),

@@ -11,6 +11,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
+use serval_core::TensorData;
 use serval_core::instances::{
     DecodedInstances, InstancesSeed, KeyedPredictions, RowView, TensorView, decode_instances,
     decode_whole,
@@ -145,12 +146,18 @@ async fn post_model(
             "no route for POST /v1/models/{rest}; use :predict"
         )));
     };
-    if verb != "predict" {
-        return Err(ServerError::BadRequest(format!(
-            "':{verb}' is not supported; use ':predict'"
-        )));
-    }
     let target = parse_target(path)?;
+    match verb {
+        "predict" => {}
+        "classify" | "regress" => {
+            return classify_or_regress(state, target, verb == "classify", headers, body).await;
+        }
+        _ => {
+            return Err(ServerError::BadRequest(format!(
+                "':{verb}' is not supported; use ':predict', ':classify' or ':regress'"
+            )));
+        }
+    }
     let bytes = read_body(&headers, body, &state.limits).await?;
     let served_model = state.inferencer.store().model(&target.model);
     if let Ok(m) = &served_model {
@@ -200,6 +207,9 @@ async fn post_model(
         outputs: response.outputs,
         warnings: decoded.warnings,
         class_maps,
+        // Row-format instances stack on axis 0 for every model (TF Serving's rule); columnar
+        // outputs go out whole anyway.
+        whole: false,
     };
     // TF Serving drops the name of a single output; keyed predictions need named fields.
     let bare = keyed.outputs.len() == 1 && keyed.keys.iter().all(Option::is_none);
@@ -452,4 +462,157 @@ fn columnar_to_instances(
         }
     }
     Ok(instances.into_iter().map(Value::Object).collect())
+}
+
+/// TF Serving's Classify and Regress request: `examples` (feature objects, like row-format
+/// instances) with `context` features shared by all of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExamplesRequest {
+    signature_name: Option<String>,
+    #[serde(default)]
+    context: Map<String, Value>,
+    examples: Vec<Map<String, Value>>,
+}
+
+/// `:classify` answers `{"result": [[[label, score], ...], ...]}` from the signature's one
+/// `[N, C]` float output (labels from a ZipMap's classes or `class_labels`, else class indices);
+/// `:regress` answers `{"result": [value, ...]}` from its one `[N]` or `[N, 1]` float output.
+async fn classify_or_regress(
+    state: AppState,
+    target: Target,
+    classify: bool,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let request: ExamplesRequest = parse_json(&bytes)?;
+    let served_model = state.inferencer.store().model(&target.model)?;
+    let served = served_model.resolve(&target.version)?;
+    let model = &served.model;
+    let signature = model
+        .signature(request.signature_name.as_deref())
+        .map_err(ServerError::from)?;
+    let verb = if classify { "classify" } else { "regress" };
+    let floats = |want: fn(&[Option<usize>]) -> bool| -> Vec<&serval_core::TensorSpec> {
+        signature
+            .outputs
+            .iter()
+            .filter(|o| o.data_type.is_float() && want(&o.shape))
+            .collect()
+    };
+    let scores = if classify {
+        floats(|s| s.len() == 2 && s[1] != Some(1))
+    } else {
+        floats(|s| s.len() == 1 || (s.len() == 2 && s[1] == Some(1)))
+    };
+    let [scores] = scores.as_slice() else {
+        return Err(ServerError::BadRequest(format!(
+            "':{verb}' needs signature '{}' of model '{}' to have exactly one {} float output, \
+             it has {}; use ':predict'",
+            signature.name,
+            target.model,
+            if classify { "[N, C]" } else { "[N] or [N, 1]" },
+            scores.len()
+        )));
+    };
+    let scores_name = scores.name.clone();
+    let labels = signature
+        .class_maps
+        .get(&scores_name)
+        .cloned()
+        .unwrap_or_else(|| model.config().class_labels.clone());
+    check_instances(request.examples.len(), &state.limits)?;
+    let instances: Vec<Value> = request
+        .examples
+        .into_iter()
+        .map(|mut example| {
+            for (name, value) in &request.context {
+                example.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+            Value::Object(example)
+        })
+        .collect();
+    let decoded = decode_instances(signature, &model.config().key, &instances)
+        .map_err(serval_core::Error::from)?;
+    let signature_name = signature.name.clone();
+    let response = state
+        .inferencer
+        .infer(InferRequest {
+            model: target.model,
+            version: target.version,
+            signature: Some(signature_name),
+            inputs: decoded.inputs,
+            keys: Some(decoded.keys),
+            protocol: "tfserving",
+            timeout: header_timeout(&headers)?,
+        })
+        .await?;
+    let Some((_, tensor)) = response.outputs.iter().find(|(n, _)| *n == scores_name) else {
+        return Err(ServerError::Core(serval_core::Error::Inference {
+            model: response.model.clone(),
+            version: response.version,
+            reason: format!("output '{scores_name}' missing from the reply. This is a bug."),
+        }));
+    };
+    let values: Vec<Score> = match tensor.data() {
+        TensorData::Fp32(v) => v.iter().copied().map(Score::F32).collect(),
+        TensorData::Fp64(v) => v.iter().copied().map(Score::F64).collect(),
+        TensorData::Fp16(v) => v.iter().map(|x| Score::F32(x.to_f32())).collect(),
+        other => {
+            return Err(ServerError::Core(serval_core::Error::Inference {
+                model: response.model.clone(),
+                version: response.version,
+                reason: format!("output '{scores_name}' is {}, not float", other.data_type()),
+            }));
+        }
+    };
+    let result = if classify {
+        let classes = values.len() / response.keys.len().max(1);
+        ExamplesResult::Classes(
+            values
+                .chunks(classes.max(1))
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(c, &p)| {
+                            let label = labels.get(c).cloned().unwrap_or_else(|| c.to_string());
+                            (label, p)
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    } else {
+        ExamplesResult::Values(values)
+    };
+    let mut res = json_ok(&ExamplesResponse { result })?;
+    res.headers_mut().insert(
+        super::VERSION_HEADER,
+        axum::http::HeaderValue::from(response.version),
+    );
+    Ok(res)
+}
+
+/// A score as the engine computed it (f32 stays f32 in JSON, as in `:predict`).
+#[derive(Serialize, Clone, Copy)]
+#[serde(untagged)]
+enum Score {
+    F32(f32),
+    F64(f64),
+}
+
+/// Serialized from the scores directly: a `serde_json::Value` would widen f32 to f64 digits.
+#[derive(Serialize)]
+struct ExamplesResponse {
+    result: ExamplesResult,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ExamplesResult {
+    /// Per example, `[label, score]` for every class.
+    Classes(Vec<Vec<(String, Score)>>),
+    /// Per example, the regression value.
+    Values(Vec<Score>),
 }
