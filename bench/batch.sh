@@ -23,6 +23,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+# shellcheck source-path=SCRIPTDIR/..
+source bench/lib.sh
 
 usage() { echo "usage: bash bench/batch.sh [--rows N] [--quick]"; }
 QUICK=0
@@ -51,32 +53,9 @@ VENV=${BENCH_BATCH_VENV:-$ROOT/target/bench-batch-venv}
 BENCH_DIR=$ROOT/target/bench-batch
 DATA=$BENCH_DIR/data-${ROWS}x$FILES
 OUTPUTS=$BENCH_DIR/out
-if ((QUICK)); then
-  OUT_DIR=$ROOT/target/bench-quick
-else
-  OUT_DIR=$ROOT/bench/results
-fi
-RESULTS=$OUT_DIR/batch.json
-REPORT=$OUT_DIR/batch.md
+bench_init batch serval-bench-batch
 
-WORK=$(mktemp -d /tmp/serval-bench-batch.XXXXXX)
-RECORDS=$WORK/records.jsonl
-: >"$RECORDS"
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
-die() { log "error: $*"; exit 1; }
 has_tool() { local t; for t in "${TOOLS[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
-
-cleanup() {
-  local status=$?
-  if ((status == 0)); then
-    rm -rf "$WORK"
-  else
-    echo "bench/batch.sh failed (exit $status); logs kept in $WORK" >&2
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 for t in "${TOOLS[@]}"; do
   case $t in serval | pyarrow_ort | pyspark_udf) ;; *) die "unknown tool '$t' in BENCH_BATCH_TOOLS" ;; esac
@@ -100,24 +79,20 @@ if has_tool pyspark_udf && ! java -version >/dev/null 2>&1; then
   apt_install openjdk-17-jre-headless
   java -version >/dev/null 2>&1 || die "java is still missing after installing openjdk-17-jre-headless"
 fi
-if [[ ! -x $VENV/bin/python ]]; then
-  log "creating $VENV"
-  python3 -m venv "$VENV"
-fi
-"$VENV/bin/pip" install -q --disable-pip-version-check -r bench/batch/requirements.txt
-PY=$VENV/bin/python
+bench_venv "$VENV" bench/batch/requirements.txt
 RESULTS_PY=$ROOT/bench/batch/results.py
 
 if has_tool serval; then
   log "building serval (release)"
   cargo build --release -q -p serval-cli --bin serval
-  TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  TARGET_DIR=$(cargo_target_dir)
   # A private copy: a concurrent build in the same target directory must not swap it mid-run.
   mkdir -p "$WORK/bin"
   cp "$TARGET_DIR/release/serval" "$WORK/bin/"
   SERVAL=$WORK/bin/serval
   # The same libonnxruntime as the Python baselines run.
-  ORT_DYLIB_PATH=$("$PY" -c 'import glob, os, onnxruntime as o; print(sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libonnxruntime.so*")))[-1])')
+  ORT_DYLIB_PATH=$(ort_lib)
+  [[ -n $ORT_DYLIB_PATH ]] || die "the onnxruntime package of $PY ships no libonnxruntime.so"
   export ORT_DYLIB_PATH
   SERVAL_EXTRA=()
   # serval uses every core by default; match the baselines when they are given fewer.
@@ -179,7 +154,4 @@ done
 
 # ----------------------------------------------------------------------------- results
 
-mkdir -p "$OUT_DIR"
-"$PY" "$RESULTS_PY" finalize "$RECORDS" "$WORK/machine.json" "$RESULTS"
-"$PY" "$RESULTS_PY" report "$RESULTS" | tee "$REPORT"
-log "wrote $RESULTS and $REPORT"
+bench_finish "$RESULTS_PY"

@@ -17,6 +17,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+# shellcheck source-path=SCRIPTDIR/..
+source bench/lib.sh
 
 QUICK=0
 case "${1:-}" in
@@ -30,7 +32,6 @@ esac
 MODELS=(breast_cancer_lr breast_cancer_mlp_xl)
 TINY=breast_cancer_lr
 HEAVY=breast_cancer_mlp_xl
-OHA_VERSION=1.16.0
 LOAD_MAX=${BENCH_LOAD_MAX:-0.7}
 LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
 VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
@@ -49,135 +50,27 @@ if ((QUICK)); then
   RAW_SECONDS=1
   RAW_BATCHES=1,64
   LOAD_WAIT=0
-  OUT_DIR=$ROOT/target/bench-quick
 else
   DURATION=10
   CONCURRENCY=(1 8 64 256)
   RAW_SECONDS=3
   RAW_BATCHES=1,8,32,64,128,256
-  OUT_DIR=$ROOT/bench/results
 fi
-RESULTS=$OUT_DIR/load.json
-REPORT=$OUT_DIR/load.md
+bench_init load serval-bench
 
-WORK=$(mktemp -d /tmp/serval-bench.XXXXXX)
-RECORDS=$WORK/records.jsonl
-: >"$RECORDS"
-PGIDS=()
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
-die() { log "error: $*"; exit 1; }
-
-# ----------------------------------------------------------------------------- processes
-
-cleanup() {
-  local status=$? pid
-  for pid in "${PGIDS[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || true
-  done
-  for pid in "${PGIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 -- "-$pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  PGIDS=()
-  if ((status == 0)); then
-    rm -rf "$WORK"
-  else
-    echo "bench/load.sh failed (exit $status); logs kept in $WORK" >&2
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_server LOG CMD...: runs CMD in its own process group (so stopping it stops its workers).
-start_server() {
-  local logfile=$1
-  shift
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
-  SERVER_PID=$!
-  PGIDS+=("$SERVER_PID")
-}
-
-stop_server() {
-  local pid=$1 keep=() p
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 -- "-$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for p in "${PGIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-  PGIDS=("${keep[@]}")
-}
-
-# wait_for_line LOG REGEX PID: prints the first capture group of REGEX once LOG has it.
-wait_for_line() {
-  local logfile=$1 regex=$2 pid=$3
-  for _ in $(seq 600); do
-    if [[ -s $logfile ]] && [[ $(cat "$logfile") =~ $regex ]]; then
-      echo "${BASH_REMATCH[1]}"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "server exited before it was ready"; }
-    sleep 0.1
-  done
-  cat "$logfile" >&2
-  die "server not ready after 60 s"
-}
-
-# wait_for_url URL PID: polls until GET URL answers 200 (at most 120 s).
-wait_for_url() {
-  local url=$1 pid=$2
-  for _ in $(seq 1200); do
-    curl -sf -o /dev/null "$url" && return 0
-    kill -0 "$pid" 2>/dev/null || die "server exited before it was ready ($url)"
-    sleep 0.1
-  done
-  die "not ready after 120 s: $url"
-}
+# ----------------------------------------------------------------------------- requests
 
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# check_predict URL BODY: one request must answer 200.
+# check_predict URL BODY: one JSON request must answer 200.
 check_predict() {
-  local code
-  code=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
-    --data-binary "@$2" "$1")
-  [[ $code == 200 ]] || { cat "$WORK/check.out" >&2; die "POST $1 answered $code"; }
+  check_post "$1" "$2" application/json
   log "  check: $(head -c 160 "$WORK/check.out")"
 }
 
 # ----------------------------------------------------------------------------- load
-
-load1() { cut -d' ' -f1 /proc/loadavg; }
-
-# wait_quiet: waits for the 1-minute load average to drop below LOAD_MAX; sets SERIES_LOAD,
-# SERIES_WAITED and SERIES_QUIET (1 if it got there).
-wait_quiet() {
-  local start=$SECONDS l
-  while :; do
-    l=$(load1)
-    if awk -v l="$l" -v m="$LOAD_MAX" 'BEGIN { exit !(l < m) }'; then
-      SERIES_QUIET=1
-      break
-    fi
-    if ((SECONDS - start >= LOAD_WAIT)); then
-      SERIES_QUIET=0
-      log "  load average $l still >= $LOAD_MAX after $((SECONDS - start)) s: measuring under it"
-      break
-    fi
-    sleep 10
-  done
-  SERIES_LOAD=$l
-  SERIES_WAITED=$((SECONDS - start))
-  log "  load average $l (waited ${SERIES_WAITED} s)"
-}
 
 # oha_run OUT URL BODY OHA-ARGS...: one time-bounded run.
 oha_run() {
@@ -233,26 +126,17 @@ one_run() {
 
 log "tools"
 command -v curl >/dev/null || die "curl is required"
-OHA=$(command -v oha || true)
-[[ -n $OHA ]] || OHA=${CARGO_HOME:-$HOME/.cargo}/bin/oha
-if [[ ! -x $OHA ]]; then
-  log "installing oha $OHA_VERSION (cargo install --locked)"
-  cargo install oha --version "$OHA_VERSION" --locked
-fi
+find_oha
+[[ -x $OHA ]] || install_oha
 [[ -x $OHA ]] || die "oha is not installed"
-if [[ ! -x $VENV/bin/python ]]; then
-  log "creating $VENV"
-  python3 -m venv "$VENV"
-fi
-"$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
-PY=$VENV/bin/python
+bench_venv "$VENV" bench/requirements.txt
 RESULTS_PY=$ROOT/bench/python/results.py
 
 log "building release binaries"
 cargo build --release -q -p serval-cli --bin serval
 cargo build --release -q -p serval-server --example hello
 cargo build --release -q -p serval-core --example throughput
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+TARGET_DIR=$(cargo_target_dir)
 # Private copies: a concurrent build in the same target directory must not swap them mid-run.
 mkdir -p "$WORK/bin"
 cp "$TARGET_DIR/release/serval" "$TARGET_DIR/release/examples/hello" \
@@ -314,47 +198,7 @@ EOF
 done
 
 # Machine description.
-"$PY" - "$WORK/machine.json" "$OHA" "$QUICK" "$DURATION" "$LOAD_MAX" "$LOAD_WAIT" <<'EOF'
-import json, os, platform, subprocess, sys, time
-out, oha, quick, duration, load_max, load_wait = sys.argv[1:]
-def sh(*cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception as e:
-        return f"unavailable: {e}"
-cpu = {}
-with open("/proc/cpuinfo") as f:
-    for line in f:
-        k, _, v = line.partition(":")
-        cpu.setdefault(k.strip(), v.strip())
-with open("/proc/meminfo") as f:
-    mem_kib = int(f.readline().split()[1])
-doc = {
-    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    "quick": quick == "1",
-    "duration_s": int(duration),
-    "load_max": float(load_max),
-    "load_wait_s": int(load_wait),
-    "machine": {
-        "nproc": os.cpu_count(),
-        "cpu": cpu.get("model name"),
-        "mhz": cpu.get("cpu MHz"),
-        "mem_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "load_at_start": open("/proc/loadavg").read().split()[:3],
-    },
-    "versions": {
-        "rustc": sh("rustc", "--version"),
-        "oha": sh(oha, "--version"),
-        "python": platform.python_version(),
-        # BENCH_SOURCE_REV names the source when it is not a git checkout (e.g. a `git archive`).
-        "source": os.environ.get("BENCH_SOURCE_REV")
-        or sh("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if sh("git", "status", "--porcelain") else ""),
-    },
-}
-with open(out, "w") as f:
-    json.dump(doc, f)
-EOF
+"$PY" "$RESULTS_PY" machine "$WORK/machine.json" "$OHA" "$QUICK" "$DURATION" "$LOAD_MAX" "$LOAD_WAIT"
 
 # ----------------------------------------------------------------------------- raw engine
 
@@ -482,7 +326,4 @@ stop_server "$SERVER_PID"
 
 # ----------------------------------------------------------------------------- results
 
-mkdir -p "$OUT_DIR"
-"$PY" "$RESULTS_PY" finalize "$RECORDS" "$WORK/machine.json" "$RESULTS"
-"$PY" "$RESULTS_PY" report "$RESULTS" | tee "$REPORT"
-log "wrote $RESULTS and $REPORT"
+bench_finish "$RESULTS_PY"

@@ -27,26 +27,26 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+# The helpers shared with the other benchmarks (bench/python/benchlib.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from benchlib import (  # noqa: E402
+    append_record,
+    fmt_n,
+    load_json,
+    load_records,
+    machine as machine_description,
+    now,
+    parse_meta,
+    sh,
+    source_rev,
+    write_results,
+)
 
 TIME_BIN = "/usr/bin/time"
 SAMPLE_S = 0.1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _load_parse_meta():
-    """`key=value` command-line pairs to a dict, shared with the online benchmark's results.py
-    (loaded by path: both scripts are named results.py)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "python" / "results.py"
-    spec = importlib.util.spec_from_file_location("online_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.parse_meta
-
-
-parse_meta = _load_parse_meta()
 
 
 def load1():
@@ -204,8 +204,7 @@ def measure(records, args):
     if status == 0 and output is not None:
         rec["rows"] = count_rows(output)
         rec["rows_per_s"] = round(rec["rows"] / seconds, 1)
-    with open(records, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_record(records, rec)
     print(
         f"  {meta.get('tool')}/{meta.get('model')}: exit {status}, {seconds:.2f} s, "
         f"{rec.get('rows')} rows, {rec.get('rows_per_s', 0):,.0f} rows/s, "
@@ -278,8 +277,7 @@ def compare(records, reference, other, sample, pairs, atol=1e-5):
                 problems.append(f"{name}: {n} of {len(a)} differ")
     rec = dict(meta, kind="compare", reference=reference, other=other, sampled=len(ref["key"]),
                max_abs_diff=worst, ok=not problems, problems=problems)
-    with open(records, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_record(records, rec)
     print(f"  compare {meta.get('model')} {meta.get('reference_tool')} vs {meta.get('tool')}: "
           f"{len(ref['key'])} rows, {'agree' if not problems else '; '.join(problems)} {worst}")
     if problems:
@@ -289,74 +287,38 @@ def compare(records, reference, other, sample, pairs, atol=1e-5):
 # ----------------------------------------------------------------------------- results
 
 
-def sh(*cmd):
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        return (p.stdout or p.stderr).strip()
-    except Exception as e:
-        return f"unavailable: {e}"
-
-
 def machine(out, pairs):
     from importlib import metadata
 
-    cpu = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            cpu.setdefault(k.strip(), v.strip())
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
     versions = {"python": platform.python_version()}
     for pkg in ("numpy", "pyarrow", "onnxruntime", "pyspark", "pandas"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    versions["java"] = sh("java", "-version").splitlines()[0] if shutil.which("java") else None
+    versions["java"] = sh("java", "-version", stderr=True).splitlines()[0] if shutil.which("java") else None
     versions["rustc"] = sh("rustc", "--version")
-    versions["source"] = os.environ.get("BENCH_SOURCE_REV") or (
-        sh("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if sh("git", "status", "--porcelain") else "")
-    )
+    versions["source"] = source_rev()
     doc = dict(parse_meta(pairs))
-    doc.update(
-        date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        machine={
-            "nproc": os.cpu_count(),
-            "cpu": cpu.get("model name"),
-            "mem_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": platform.release(),
-            "load_at_start": open("/proc/loadavg").read().split()[:3],
-        },
-        versions=versions,
-    )
+    doc.update(date=now(), machine=machine_description(mhz=False), versions=versions)
     with open(out, "w") as f:
         json.dump(doc, f)
 
 
 def finalize(records, machine_path, out):
-    with open(machine_path) as f:
-        doc = json.load(f)
-    with open(records) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
+    doc = load_json(machine_path)
+    recs = load_records(records)
     doc["runs"] = [r for r in recs if r["kind"] == "run"]
     doc["comparisons"] = [r for r in recs if r["kind"] == "compare"]
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-
-
-def fmt_int(v):
-    return "–" if v is None else f"{v:,.0f}"
+    write_results(doc, out)
 
 
 def report(path):
-    with open(path) as f:
-        doc = json.load(f)
+    doc = load_json(path)
     runs = doc["runs"]
     serval = {r["model"]: r for r in runs if r["tool"] == "serval" and r.get("rows_per_s")}
     print(
-        f"Batch prediction over {fmt_int(doc.get('data_rows'))} rows in {doc.get('data_files', '?')} "
+        f"Batch prediction over {fmt_n(doc.get('data_rows'))} rows in {doc.get('data_files', '?')} "
         f"Parquet files ({doc.get('data_bytes', 0) / 2**20:,.0f} MiB), {doc['machine']['nproc']} cores, "
         f"each tool given {doc.get('processes', '?')} (worker processes, Spark local[N], serval --partitions):\n"
     )
@@ -366,8 +328,8 @@ def report(path):
         s = serval.get(r["model"])
         ratio = f"{s['rows_per_s'] / r['rows_per_s']:.2f}×" if s and r.get("rows_per_s") else "–"
         print(
-            f"| {r['tool']} | {r['model']} | {fmt_int(r.get('rows'))} | {r['seconds']:.2f} | "
-            f"{fmt_int(r.get('rows_per_s'))} | {fmt_int(r['peak_rss_mib'])} | {ratio} |"
+            f"| {r['tool']} | {r['model']} | {fmt_n(r.get('rows'))} | {r['seconds']:.2f} | "
+            f"{fmt_n(r.get('rows_per_s'))} | {fmt_n(r['peak_rss_mib'])} | {ratio} |"
         )
     print(
         "\nseconds: wall time of the whole command (process, JVM and model start included); "

@@ -1,60 +1,56 @@
 #!/usr/bin/env python3
 """Bookkeeping for bench/load.sh: turns oha and throughput-example outputs into records, writes the
-results file and prints the markdown tables. Standard library only.
+results file and prints the markdown tables. Standard library only (and benchlib.py, beside it).
 
     results.py add RECORDS.jsonl OHA.json key=value ...     # one load run
     results.py raw RECORDS.jsonl THROUGHPUT.json key=value ... # one raw-engine run
     results.py max-rps RECORDS.jsonl key=value ...           # best ok req/s of a series (mode=closed
                                                              # unless given, main table unless given)
+    results.py machine OUT.json OHA QUICK DURATION LOAD_MAX LOAD_WAIT
+                                                             # the run's settings, machine, versions
     results.py finalize RECORDS.jsonl MACHINE.json OUT.json  # the results file
     results.py report RESULTS.json                           # markdown tables on stdout
 """
 
 import json
+import platform
 import sys
 
+from benchlib import (
+    append_file_record,
+    append_record,
+    fmt_ms,
+    fmt_n,
+    load_json,
+    load_records,
+    machine as machine_description,
+    ms,
+    now,
+    parse_meta,
+    per_s,
+    read_oha,
+    sh,
+    source_rev,
+    write_results,
+)
+
 CONCURRENCY = [1, 8, 64, 256]
-DEADLINE_ABORT = "aborted due to deadline"
-
-
-def parse_meta(pairs):
-    meta = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        meta[key] = value
-    return meta
-
-
-def ms(seconds):
-    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 def add(records, oha_path, pairs):
-    with open(oha_path) as f:
-        oha = json.load(f)
-    meta = parse_meta(pairs)
-    duration = oha["summary"]["total"]
-    codes = {str(k): v for k, v in (oha.get("statusCodeDistribution") or {}).items()}
-    ok = sum(v for k, v in codes.items() if k.startswith("2"))
-    errors = dict(oha.get("errorDistribution") or {})
-    aborted = errors.pop(DEADLINE_ABORT, 0)
-    pct = oha["latencyPercentiles"]
-    pct_ok = oha.get("latencyPercentilesSuccessful") or {}
-    pct_bad = oha.get("latencyPercentilesNotSuccessful") or {}
-    rec = dict(meta)
+    run = read_oha(oha_path)
+    codes, errors = run.codes, run.errors
+    pct = run.doc["latencyPercentiles"]
+    pct_ok = run.doc.get("latencyPercentilesSuccessful") or {}
+    pct_bad = run.doc.get("latencyPercentilesNotSuccessful") or {}
+    rec = parse_meta(pairs)
     rec.update(
         kind="load",
-        duration_s=round(duration, 3),
+        duration_s=round(run.duration, 3),
         responses=sum(codes.values()),
-        ok=ok,
-        ok_rps=round(ok / duration, 1) if duration else 0.0,
-        all_rps=round(sum(codes.values()) / duration, 1) if duration else 0.0,
+        ok=run.ok,
+        ok_rps=per_s(run.ok, run.duration),
+        all_rps=per_s(sum(codes.values()), run.duration),
         p50_ms=ms(pct.get("p50")),
         p90_ms=ms(pct.get("p90")),
         p99_ms=ms(pct.get("p99")),
@@ -64,10 +60,9 @@ def add(records, oha_path, pairs):
         rejected_p99_ms=ms(pct_bad.get("p99")),
         status_codes=codes,
         errors=errors,
-        aborted_at_deadline=aborted,
+        aborted_at_deadline=run.aborted,
     )
-    with open(records, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_record(records, rec)
     print(
         f"  {rec.get('server')}/{rec.get('model')}/{rec.get('batching')} {rec.get('mode')} "
         f"c={rec.get('concurrency')} q={rec.get('rate', '-')}: {rec['ok_rps']:.0f} ok req/s, "
@@ -78,17 +73,7 @@ def add(records, oha_path, pairs):
 
 
 def raw(records, path, pairs):
-    with open(path) as f:
-        out = json.load(f)
-    rec = dict(parse_meta(pairs))
-    rec.update(kind="raw", **out)
-    with open(records, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-def load_records(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    append_file_record(records, path, pairs, "raw")
 
 
 def matches(rec, meta):
@@ -106,32 +91,33 @@ def max_rps(records, pairs):
     print(f"{best:.0f}")
 
 
-def finalize(records, machine, out):
-    with open(machine) as f:
-        doc = json.load(f)
-    doc["records"] = load_records(records)
+def machine(out, oha, quick, duration, load_max, load_wait):
+    """The results file's head: the run's settings, the machine, the versions."""
+    doc = {
+        "date": now(),
+        "quick": quick == "1",
+        "duration_s": int(duration),
+        "load_max": float(load_max),
+        "load_wait_s": int(load_wait),
+        "machine": machine_description(),
+        "versions": {
+            "rustc": sh("rustc", "--version"),
+            "oha": sh(oha, "--version"),
+            "python": platform.python_version(),
+            "source": source_rev(),
+        },
+    }
     with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+        json.dump(doc, f)
+
+
+def finalize(records, machine, out):
+    doc = load_json(machine)
+    doc["records"] = load_records(records)
+    write_results(doc, out)
 
 
 # --------------------------------------------------------------------------- report
-
-
-def fmt_rps(x):
-    if x is None:
-        return "–"
-    return f"{x:,.0f}"
-
-
-def fmt_ms(x):
-    if x is None:
-        return "–"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
 
 
 def label(r):
@@ -158,7 +144,7 @@ def closed_tables(loads, concurrency):
         cells = []
         for c in concurrency:
             r = next((r for r in closed if label(r) == key and r["concurrency"] == c), None)
-            cells.append(fmt_rps(r["ok_rps"]) if r else "–")
+            cells.append(fmt_n(r["ok_rps"]) if r else "–")
         out.append("| " + " | ".join(key) + " | " + " | ".join(cells) + " |")
     out += ["", "Closed loop, latency p50 / p99 (ms):", "", head, sep]
     for key in series_order(closed):
@@ -186,7 +172,7 @@ def open_table(loads):
     ]
     for r in rows:
         out.append(
-            "| " + " | ".join(label(r)) + f" | {fmt_rps(r['rate'])} | {fmt_rps(r['ok_rps'])} | "
+            "| " + " | ".join(label(r)) + f" | {fmt_n(r['rate'])} | {fmt_n(r['ok_rps'])} | "
             f"{fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | {r['responses'] - r['ok']} |"
         )
     return out
@@ -221,10 +207,10 @@ def overload_table(loads):
         )
         codes = over["status_codes"]
         all_429 = all(k.startswith("2") or k == "429" for k in codes) and not over["errors"]
-        row("capacity (best closed loop, req/s)", fmt_rps(over.get("max_rps")))
-        row("offered (req/s)", fmt_rps(over["rate"]))
-        row("requests answered (all codes)", f"{over['responses']:,} ({fmt_rps(over['all_rps'])}/s)")
-        row("admitted (200)", f"{over['ok']:,} ({fmt_rps(over['ok_rps'])}/s)")
+        row("capacity (best closed loop, req/s)", fmt_n(over.get("max_rps")))
+        row("offered (req/s)", fmt_n(over["rate"]))
+        row("requests answered (all codes)", f"{over['responses']:,} ({fmt_n(over['all_rps'])}/s)")
+        row("admitted (200)", f"{over['ok']:,} ({fmt_n(over['ok_rps'])}/s)")
         row("status codes", ", ".join(f"{k}: {v:,}" for k, v in sorted(codes.items())))
         row("transport errors (excl. deadline aborts)", str(sum(over["errors"].values()) if over["errors"] else 0))
         row("every rejection a 429", "yes" if all_429 else "NO")
@@ -256,8 +242,8 @@ def raw_table(raws):
         by = {b["batch"]: b["rows_per_s"] for b in r["results"]}
         out.append(
             f"| {r['model']} | {r['backend']} | "
-            + " | ".join(fmt_rps(by.get(b)) for b in batches)
-            + f" | {fmt_rps(r['best']['rows_per_s'])} (batch {r['best']['batch']}) |"
+            + " | ".join(fmt_n(by.get(b)) for b in batches)
+            + f" | {fmt_n(r['best']['rows_per_s'])} (batch {r['best']['batch']}) |"
         )
     return out
 
@@ -303,8 +289,7 @@ def ratio_table(loads, raws):
 
 
 def report(path):
-    with open(path) as f:
-        doc = json.load(f)
+    doc = load_json(path)
     loads = [r for r in doc["records"] if r["kind"] == "load"]
     raws = [r for r in doc["records"] if r["kind"] == "raw"]
     concurrency = sorted({r["concurrency"] for r in loads if r["mode"] == "closed"}) or CONCURRENCY
@@ -329,6 +314,8 @@ def main(argv):
         raw(argv[2], argv[3], argv[4:])
     elif cmd == "max-rps":
         max_rps(argv[2], argv[3:])
+    elif cmd == "machine":
+        machine(*argv[2:8])
     elif cmd == "finalize":
         finalize(argv[2], argv[3], argv[4])
     elif cmd == "report":
