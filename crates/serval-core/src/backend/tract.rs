@@ -1,4 +1,5 @@
-//! tract, the pure-Rust engine: the default, and what the edge/WASM runtime runs.
+//! tract, the pure-Rust engine: the fallback where ONNX Runtime fails, the engine where it is
+//! absent, and what the edge/WASM runtime runs.
 //!
 //! One optimized plan per model version with a symbolic batch dimension (the file's name for it,
 //! else `N`), so every batch size runs on the same plan; one `SimpleState` per concurrent caller.
