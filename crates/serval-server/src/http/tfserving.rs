@@ -187,18 +187,8 @@ async fn post_model(
                 .map(|s| s.class_maps.clone())
         })
         .unwrap_or_default();
-    let response = state
-        .inferencer
-        .infer(InferRequest {
-            model: target.model,
-            version: target.version,
-            signature: Some(signature),
-            inputs: decoded.inputs,
-            keys: Some(decoded.keys),
-            protocol: "tfserving",
-            timeout: header_timeout(&headers)?,
-        })
-        .await?;
+    let request = infer_request(target, signature, decoded.inputs, decoded.keys, &headers)?;
+    let response = state.inferencer.infer(request).await?;
     let version_answered = response.version;
     let precomputed_at = response.precomputed_at;
     let keyed = KeyedPredictions {
@@ -231,6 +221,25 @@ async fn post_model(
     );
     super::mark_precomputed(&mut response, precomputed_at.as_deref());
     Ok(response)
+}
+
+/// What every TF Serving verb hands to the inferencer.
+fn infer_request(
+    target: Target,
+    signature: String,
+    inputs: Vec<(String, serval_core::Tensor)>,
+    keys: Vec<Option<String>>,
+    headers: &HeaderMap,
+) -> Result<InferRequest> {
+    Ok(InferRequest {
+        model: target.model,
+        version: target.version,
+        signature: Some(signature),
+        inputs,
+        keys: Some(keys),
+        protocol: "tfserving",
+        timeout: header_timeout(headers)?,
+    })
 }
 
 /// The common request, `{"instances": [...]}` with an optional `signature_name`, decoded in one
@@ -536,18 +545,14 @@ async fn classify_or_regress(
     let decoded = decode_instances(signature, &model.config().key, &instances)
         .map_err(serval_core::Error::from)?;
     let signature_name = signature.name.clone();
-    let response = state
-        .inferencer
-        .infer(InferRequest {
-            model: target.model,
-            version: target.version,
-            signature: Some(signature_name),
-            inputs: decoded.inputs,
-            keys: Some(decoded.keys),
-            protocol: "tfserving",
-            timeout: header_timeout(&headers)?,
-        })
-        .await?;
+    let request = infer_request(
+        target,
+        signature_name,
+        decoded.inputs,
+        decoded.keys,
+        &headers,
+    )?;
+    let response = state.inferencer.infer(request).await?;
     let Some((_, tensor)) = response.outputs.iter().find(|(n, _)| *n == scores_name) else {
         return Err(ServerError::Core(serval_core::Error::Inference {
             model: response.model.clone(),
