@@ -5,6 +5,7 @@
 //! takes `&mut self`, so each loaded version keeps a pool of sessions, each single-threaded:
 //! on small machines parallelism comes from concurrent requests, not intra-op threads.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,8 +23,34 @@ use crate::tensor::{Tensor, TensorData};
 pub struct OrtBackend {
     sessions: Pool<Session>,
     input_names: Vec<String>,
-    /// Per graph output: the class labels of a ZipMap's sequence of maps, else `None`.
-    map_labels: Vec<Option<Vec<String>>>,
+    /// Per graph output: where a ZipMap's classes go in the tensor it is served as, else `None`.
+    map_columns: Vec<Option<ClassColumns>>,
+}
+
+/// The column of each class of a ZipMap, looked up by the map's key type (int64 or string),
+/// built once at load: the maps are read on every request.
+struct ClassColumns {
+    by_id: HashMap<i64, usize>,
+    by_name: HashMap<String, usize>,
+    count: usize,
+}
+
+impl ClassColumns {
+    fn new(labels: &[String]) -> ClassColumns {
+        ClassColumns {
+            by_id: labels
+                .iter()
+                .enumerate()
+                .filter_map(|(column, l)| Some((l.parse().ok()?, column)))
+                .collect(),
+            by_name: labels
+                .iter()
+                .enumerate()
+                .map(|(column, l)| (l.clone(), column))
+                .collect(),
+            count: labels.len(),
+        }
+    }
 }
 
 impl OrtBackend {
@@ -44,15 +71,15 @@ impl OrtBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let input_names = graph.inputs.iter().map(|s| s.name.clone()).collect();
-        let map_labels = graph
+        let map_columns = graph
             .outputs
             .iter()
-            .map(|o| graph.map_outputs.get(&o.name).cloned())
+            .map(|o| graph.map_outputs.get(&o.name).map(|l| ClassColumns::new(l)))
             .collect();
         Ok(OrtBackend {
             sessions: Pool::new(sessions),
             input_names,
-            map_labels,
+            map_columns,
         })
     }
 }
@@ -70,9 +97,9 @@ impl Backend for OrtBackend {
             let outputs = session.run(values).map_err(|e| e.to_string())?;
             outputs
                 .values()
-                .zip(&self.map_labels)
-                .map(|(v, labels)| match labels {
-                    Some(labels) => from_ort_maps(v, labels),
+                .zip(&self.map_columns)
+                .map(|(v, columns)| match columns {
+                    Some(columns) => from_ort_maps(v, columns),
                     None => from_ort(&v),
                 })
                 .collect()
@@ -188,9 +215,12 @@ fn to_ort(tensor: Tensor) -> Result<DynValue, String> {
     }
 }
 
-/// A ZipMap's sequence of `{class: probability}` maps as a `[N, C]` tensor, columns in `labels`
-/// order (ONNX Runtime's maps come back in key order, which for string labels is not theirs).
-fn from_ort_maps(value: ort::value::DynValueRef<'_>, labels: &[String]) -> Result<Tensor, String> {
+/// A ZipMap's sequence of `{class: probability}` maps as a `[N, C]` tensor, columns in its class
+/// labels' order (ONNX Runtime's maps come back in key order, which for string labels is not theirs).
+fn from_ort_maps(
+    value: ort::value::DynValueRef<'_>,
+    columns: &ClassColumns,
+) -> Result<Tensor, String> {
     use ort::value::{DynMapValueType, DynSequenceValueType};
     let sequence = value
         .downcast::<DynSequenceValueType>()
@@ -198,25 +228,30 @@ fn from_ort_maps(value: ort::value::DynValueRef<'_>, labels: &[String]) -> Resul
     let maps = sequence
         .try_extract_sequence::<DynMapValueType>()
         .map_err(|e| e.to_string())?;
-    let mut data = vec![0f32; maps.len() * labels.len()];
+    let width = columns.count;
+    let mut data = vec![0f32; maps.len() * width];
+    let unknown = |class: &dyn std::fmt::Display| {
+        format!("ZipMap produced class '{class}', which its class labels do not list")
+    };
     for (row, map) in maps.iter().enumerate() {
-        let entries: Vec<(String, f32)> = match map.try_extract_key_values::<i64, f32>() {
-            Ok(entries) => entries
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            Err(_) => map
-                .try_extract_key_values::<String, f32>()
-                .map_err(|e| e.to_string())?,
-        };
-        for (class, probability) in entries {
-            let column = labels.iter().position(|l| *l == class).ok_or_else(|| {
-                format!("ZipMap produced class '{class}', which its class labels do not list")
-            })?;
-            data[row * labels.len() + column] = probability;
+        let out = &mut data[row * width..(row + 1) * width];
+        match map.try_extract_key_values::<i64, f32>() {
+            Ok(entries) => {
+                for (class, p) in entries {
+                    out[*columns.by_id.get(&class).ok_or_else(|| unknown(&class))?] = p;
+                }
+            }
+            Err(_) => {
+                let entries = map
+                    .try_extract_key_values::<String, f32>()
+                    .map_err(|e| e.to_string())?;
+                for (class, p) in entries {
+                    out[*columns.by_name.get(&class).ok_or_else(|| unknown(&class))?] = p;
+                }
+            }
         }
     }
-    Tensor::new(vec![maps.len(), labels.len()], TensorData::Fp32(data)).map_err(|e| e.to_string())
+    Tensor::new(vec![maps.len(), width], TensorData::Fp32(data)).map_err(|e| e.to_string())
 }
 
 fn from_ort(value: &ort::value::DynValueRef<'_>) -> Result<Tensor, String> {
