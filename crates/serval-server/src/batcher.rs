@@ -174,12 +174,9 @@ impl Batcher {
                 .try_acquire_many_owned(kib)
                 .map_err(|_| overloaded())?,
         });
+        // A model that does not batch has `max_batch_size` 1 here and one instance per request.
         let rows = inputs.rows();
-        let max = if self.queue.model.is_batchable() {
-            self.queue.cfg.max_batch_size
-        } else {
-            rows.max(1)
-        };
+        let max = self.queue.cfg.max_batch_size;
         let parts: Vec<ValidInputs> = if rows <= max {
             vec![inputs]
         } else {
