@@ -358,6 +358,15 @@ mod pb {
         )
     }
 
+    /// The graph parts of `y = op(x)` over `[N, 2]` floats.
+    pub fn unary(op: &str, domain: &str) -> Vec<Vec<u8>> {
+        vec![
+            node(op, domain, "x", "y"),
+            float_tensor(11, "x", &[2]),
+            float_tensor(12, "y", &[2]),
+        ]
+    }
+
     /// `ModelProto` with one graph, default opset 13.
     pub fn model(graph: &[Vec<u8>]) -> Vec<u8> {
         model_with_opset(graph, 13)
@@ -384,14 +393,19 @@ fn repo_with(onnx: &[u8], config: &str) -> TempDir {
     dir
 }
 
+/// The load error of a repository holding only `onnx` (as model `m`) with `config`.
+#[track_caller]
+fn refused(onnx: &[u8], config: &str) -> Error {
+    let dir = repo_with(onnx, config);
+    let err = open(dir.path()).load("m", None).unwrap_err();
+    assert!(matches!(err, Error::Load { .. }), "{err:?}");
+    err
+}
+
 #[test]
 fn hand_built_onnx_loads() {
     // Guards the two refusal tests below: the same writer builds a graph that works.
-    let onnx = pb::model(&[
-        pb::node("Relu", "", "x", "y"),
-        pb::float_tensor(11, "x", &[2]),
-        pb::float_tensor(12, "y", &[2]),
-    ]);
+    let onnx = pb::model(&pb::unary("Relu", ""));
     let dir = repo_with(&onnx, "backend = \"tract\"\n");
     let model = open(dir.path()).load("m", None).unwrap();
     let out = model
@@ -407,9 +421,7 @@ fn sequence_output_not_made_by_zipmap_is_refused_naming_it() {
         pb::float_tensor(11, "x", &[2]),
         pb::seq_of_maps(12, "probabilities"),
     ]);
-    let dir = repo_with(&onnx, "");
-    let err = open(dir.path()).load("m", None).unwrap_err();
-    assert!(matches!(err, Error::Load { .. }), "{err:?}");
+    let err = refused(&onnx, "");
     expect_message(
         &err,
         &[
@@ -422,14 +434,8 @@ fn sequence_output_not_made_by_zipmap_is_refused_naming_it() {
 
 #[test]
 fn unsupported_operator_on_tract_is_refused() {
-    let onnx = pb::model(&[
-        pb::node("Scaler", "ai.onnx.ml", "x", "y"),
-        pb::float_tensor(11, "x", &[2]),
-        pb::float_tensor(12, "y", &[2]),
-    ]);
-    let dir = repo_with(&onnx, "backend = \"tract\"\n");
-    let err = open(dir.path()).load("m", None).unwrap_err();
-    assert!(matches!(err, Error::Load { .. }), "{err:?}");
+    let onnx = pb::model(&pb::unary("Scaler", "ai.onnx.ml"));
+    let err = refused(&onnx, "backend = \"tract\"\n");
     expect_message(
         &err,
         &[
@@ -481,11 +487,7 @@ fn a_scalar_input_is_fed_as_a_scalar() {
 
 #[test]
 fn max_batch_size_zero_turns_batching_off() {
-    let onnx = pb::model(&[
-        pb::node("Relu", "", "x", "y"),
-        pb::float_tensor(11, "x", &[2]),
-        pb::float_tensor(12, "y", &[2]),
-    ]);
+    let onnx = pb::model(&pb::unary("Relu", ""));
     let dir = repo_with(&onnx, "[batching]\nmax_batch_size = 0\n");
     let model = open(dir.path()).load("m", None).unwrap();
     assert!(!model.is_batchable());
@@ -505,14 +507,7 @@ fn auto_falls_back_to_tract_when_onnx_runtime_cannot_load_the_graph() {
         return;
     }
     // ONNX Runtime 1.32 refuses an opset newer than it knows; tract runs Relu regardless.
-    let onnx = pb::model_with_opset(
-        &[
-            pb::node("Relu", "", "x", "y"),
-            pb::float_tensor(11, "x", &[2]),
-            pb::float_tensor(12, "y", &[2]),
-        ],
-        99,
-    );
+    let onnx = pb::model_with_opset(&pb::unary("Relu", ""), 99);
     let dir = repo_with(&onnx, "");
     let model = open(dir.path()).load("m", None).unwrap();
     let choice = model.backend_choice();
@@ -534,14 +529,8 @@ fn a_graph_no_engine_loads_is_refused_naming_each_engine() {
         eprintln!("SERVAL_SKIP_ORT=1: skipping (needs both engines)");
         return;
     }
-    let onnx = pb::model(&[
-        pb::node("NoSuchOperator", "", "x", "y"),
-        pb::float_tensor(11, "x", &[2]),
-        pb::float_tensor(12, "y", &[2]),
-    ]);
-    let dir = repo_with(&onnx, "");
-    let err = open(dir.path()).load("m", None).unwrap_err();
-    assert!(matches!(err, Error::Load { .. }), "{err:?}");
+    let onnx = pb::model(&pb::unary("NoSuchOperator", ""));
+    let err = refused(&onnx, "");
     expect_message(
         &err,
         &[
