@@ -263,3 +263,39 @@ def test_sticky_canary_sends_a_key_to_the_same_version(repo, live_server):
     assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}
     canary_share = sum(1 for v in seen.values() if v == {"2"}) / len(seen)
     assert 0.35 < canary_share < 0.65, canary_share
+
+
+BREAST_ROW = [13.4, 20.52, 88.64, 556.7, 0.1106, 0.1469, 0.1445, 0.08172, 0.2116, 0.07325,
+              0.3906, 0.9306, 3.093, 33.67, 0.005414, 0.02265, 0.03452, 0.01334, 0.01705, 0.004005,
+              16.41, 29.66, 113.3, 844.4, 0.1574, 0.3856, 0.5106, 0.2051, 0.3585, 0.1109]
+
+
+@pytest.mark.parametrize("sticky", [False, True], ids=["split", "sticky"])
+def test_canary_with_another_signature_is_decoded_against_the_canary(repo, live_server, sticky):
+    """A canary whose inputs differ from the default's (30 features, not 4) takes every
+    unversioned request at 100 %: each must be decoded against the version that answers it,
+    over every protocol, and a request naming version 1 still gets version 1's signature."""
+    server = live_server
+    add_version(repo, 2, REPO / "breast_cancer_lr" / "1" / "model.onnx")
+    write_atomically(
+        repo / MODEL / "config.toml",
+        "[versions]\npolicy = \"all\"\n"
+        f"canary = {{ version = 2, percent = 100.0, sticky = {str(sticky).lower()} }}\n",
+    )
+    wait_for(server, lambda e: ready_versions(e) == {1, 2}, "versions 1 and 2")
+    time.sleep(1.0)
+    tf = requests.post(f"{server.url}/v1/models/{MODEL}:predict",
+                       json={"instances": [{"key": "k-1", "features": BREAST_ROW}]}, timeout=10)
+    assert tf.status_code == 200, tf.text
+    assert tf.headers["serval-model-version"] == "2"
+    assert tf.json()["predictions"][0]["key"] == "k-1"
+    v2 = requests.post(f"{server.url}/v2/models/{MODEL}/infer", json={"inputs": [
+        {"name": "features", "shape": [1, 30], "datatype": "FP32", "data": BREAST_ROW},
+        {"name": "key", "shape": [1], "datatype": "BYTES", "data": ["k-2"]},
+    ]}, timeout=10)
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["model_version"] == "2"
+    pinned = requests.post(f"{server.url}/v1/models/{MODEL}/versions/1:predict",
+                           json={"instances": [ROW]}, timeout=10)
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.headers["serval-model-version"] == "1"

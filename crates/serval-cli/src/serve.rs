@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serval_server::ServerConfig;
-use serval_server::http::Limits;
+use serval_server::pipeline::Limits;
 
 use crate::RepositoryArgs;
 

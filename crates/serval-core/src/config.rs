@@ -54,6 +54,8 @@ pub struct ModelConfig {
     /// Engine sessions (ONNX Runtime) or run states (tract) kept per loaded version; defaults to
     /// the number of cores.
     pub instances: Option<usize>,
+    /// What the prediction log records of this model (used when the server runs with one).
+    pub logging: LoggingConfig,
 }
 
 impl Default for ModelConfig {
@@ -70,6 +72,7 @@ impl Default for ModelConfig {
             batching: BatchingConfig::default(),
             versions: VersionConfig::default(),
             instances: None,
+            logging: LoggingConfig::default(),
         }
     }
 }
@@ -201,6 +204,45 @@ impl Default for BatchingConfig {
     }
 }
 
+/// What the prediction log records of one model, `[logging]` in `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Share of instances logged, 0 to 1. The choice hashes the instance's key, so a key is
+    /// always logged or never (its label can always be joined).
+    pub sample_rate: f64,
+    /// Whether inputs are logged (keys always are).
+    pub inputs: bool,
+    /// Whether outputs (after post-processing) are logged.
+    pub outputs: bool,
+    /// When a logged prediction is answered.
+    pub durability: Durability,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> LoggingConfig {
+        LoggingConfig {
+            sample_rate: 1.0,
+            inputs: true,
+            outputs: true,
+            durability: Durability::Buffered,
+        }
+    }
+}
+
+/// When a logged prediction is answered, relative to its record reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Answered at once; the record is fsynced by the next group commit. A crash loses at most
+    /// the records still queued in memory; a full queue drops (and counts) records rather than
+    /// slowing predictions.
+    Buffered,
+    /// Answered only after the record's group commit: an answered prediction is a logged one.
+    /// A log that cannot be written fails the request (503).
+    Synced,
+}
+
 /// Which versions to serve and what to call them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -300,6 +342,12 @@ impl ModelConfig {
         if self.instances == Some(0) {
             return Err("`instances` must be at least 1".to_owned());
         }
+        if !(0.0..=1.0).contains(&self.logging.sample_rate) {
+            return Err(format!(
+                "[logging] sample_rate must be between 0 and 1, got {}",
+                self.logging.sample_rate
+            ));
+        }
         for (name, signature) in &self.signatures {
             for step in &signature.postprocess {
                 if let PostprocessStep::TopK { k: 0, .. } = step {
@@ -354,6 +402,17 @@ mod tests {
         assert_eq!(cfg.versions.policy, VersionPolicy::Specific(vec![1, 3]));
         assert_eq!(cfg.versions.policy.select(&[1, 2, 3]), vec![1, 3]);
         assert_eq!(cfg.signatures["decide"].postprocess[0].to(), "decision");
+    }
+
+    #[test]
+    fn logging_parses_and_sample_rate_is_bounded() {
+        let cfg = parse("[logging]\nsample_rate = 0.25\ninputs = false\ndurability = \"synced\"\n")
+            .unwrap();
+        assert_eq!(cfg.logging.sample_rate, 0.25);
+        assert!(!cfg.logging.inputs && cfg.logging.outputs);
+        assert_eq!(cfg.logging.durability, Durability::Synced);
+        let err = parse("[logging]\nsample_rate = 1.5\n").unwrap_err();
+        assert!(err.contains("sample_rate"), "{err}");
     }
 
     #[test]

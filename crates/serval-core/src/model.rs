@@ -30,6 +30,16 @@ impl ValidInputs {
         &self.signature
     }
 
+    /// The tensors, in the signature's input order.
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    /// Whether axis 0 is the instance axis (else the tensors are one instance whole).
+    pub fn is_batched(&self) -> bool {
+        self.batched
+    }
+
     /// Number of instances: one for a model that does not batch.
     pub fn rows(&self) -> usize {
         if self.batched {

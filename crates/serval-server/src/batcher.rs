@@ -18,8 +18,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::error::{Result, ServerError};
 use crate::metrics::VersionMetrics;
 
-/// Outputs for one queued part of a request.
-type Reply = Result<Vec<(String, Tensor)>>;
+/// What one queued part of a request gets back.
+type Reply = Result<Computed>;
+
+/// A request's outputs with the time it spent queued and computing.
+pub struct Computed {
+    /// Signature outputs, one row per instance.
+    pub outputs: Vec<(String, Tensor)>,
+    /// Time before an engine thread took it (the longest of a split request's parts).
+    pub queued: Duration,
+    /// Engine time of the batches it ran in (summed over a split request's parts).
+    pub compute: Duration,
+}
 
 /// A handle to one model version's queue and workers; dropping it lets the workers finish the
 /// queue and exit.
@@ -74,11 +84,14 @@ struct Entry {
     reply: oneshot::Sender<Reply>,
     /// Released when the entry is answered or dropped, freeing queue capacity.
     _admission: Arc<Admission>,
+    /// The request's span, so the batch it runs in can be traced back to it.
+    span: tracing::Span,
 }
 
 /// An entry whose inputs went to the engine: where to send its rows.
 struct Waiting {
     reply: oneshot::Sender<Reply>,
+    queued: Duration,
     _admission: Arc<Admission>,
 }
 
@@ -154,11 +167,7 @@ impl Batcher {
 
     /// Admits a validated request and waits for its outputs. Oversize requests are split into
     /// parts of at most `max_batch_size` instances; a full queue is an immediate `Overloaded`.
-    pub async fn submit(
-        &self,
-        inputs: ValidInputs,
-        deadline: Instant,
-    ) -> Result<Vec<(String, Tensor)>> {
+    pub async fn submit(&self, inputs: ValidInputs, deadline: Instant) -> Result<Computed> {
         let overloaded = || ServerError::Overloaded(self.queue.model.name().to_owned());
         let kib =
             u32::try_from(inputs.byte_size().div_ceil(1024).max(1)).map_err(|_| overloaded())?;
@@ -204,6 +213,7 @@ impl Batcher {
                     deadline,
                     reply: tx,
                     _admission: admission.clone(),
+                    span: tracing::Span::current(),
                 });
                 replies.push(rx);
             }
@@ -319,15 +329,20 @@ impl Queue {
     fn run(&self, batch: Vec<Entry>) -> std::result::Result<(), Panicked> {
         let started = Instant::now();
         let model = &self.model;
+        let sizes: Vec<usize> = batch.iter().map(|e| e.inputs.rows()).collect();
+        let total: usize = sizes.iter().sum();
+        // One span for the engine run, linked to every request it serves (TEI's layout), so a
+        // request's trace shows the batch it shared.
+        let batch_span = tracing::debug_span!("batch", model = %model.name(), version = model.version(), requests = batch.len(), rows = total);
         for entry in &batch {
             let queued = started.duration_since(entry.enqueued);
             self.stats
                 .queue_ns
                 .fetch_add(queued.as_nanos() as u64, Ordering::Relaxed);
             self.metrics.record_queue(queued);
+            batch_span.follows_from(&entry.span);
         }
-        let sizes: Vec<usize> = batch.iter().map(|e| e.inputs.rows()).collect();
-        let total: usize = sizes.iter().sum();
+        let _in_batch = batch_span.enter();
         // Move the inputs out (the replies and admission permits stay with the entries), so a
         // lone request runs without copying its tensors.
         let (inputs, waiting): (Vec<ValidInputs>, Vec<Waiting>) = batch
@@ -337,6 +352,7 @@ impl Queue {
                     e.inputs,
                     Waiting {
                         reply: e.reply,
+                        queued: started.duration_since(e.enqueued),
                         _admission: e._admission,
                     },
                 )
@@ -380,9 +396,13 @@ impl Queue {
         };
         match replies {
             Ok(mut parts) => {
-                for (entry, mine) in waiting.into_iter().zip(parts.drain(..)) {
+                for (entry, outputs) in waiting.into_iter().zip(parts.drain(..)) {
                     self.stats.success.fetch_add(1, Ordering::Relaxed);
-                    let _ = entry.reply.send(Ok(mine));
+                    let _ = entry.reply.send(Ok(Computed {
+                        outputs,
+                        queued: entry.queued,
+                        compute,
+                    }));
                 }
             }
             Err(err) => {
@@ -504,18 +524,25 @@ fn take_batch(entries: &mut VecDeque<Entry>, cfg: &BatchingConfig) -> Vec<Entry>
 }
 
 /// Joins the outputs of a split request back together, in order.
-fn join_parts(mut pieces: Vec<Vec<(String, Tensor)>>) -> Result<Vec<(String, Tensor)>> {
+fn join_parts(mut pieces: Vec<Computed>) -> Result<Computed> {
     if pieces.len() == 1 {
         return Ok(pieces.swap_remove(0));
     }
-    let names: Vec<String> = pieces[0].iter().map(|(n, _)| n.clone()).collect();
-    names
+    let queued = pieces.iter().map(|p| p.queued).max().unwrap_or_default();
+    let compute = pieces.iter().map(|p| p.compute).sum();
+    let names: Vec<String> = pieces[0].outputs.iter().map(|(n, _)| n.clone()).collect();
+    let outputs = names
         .into_iter()
         .enumerate()
         .map(|(ix, name)| {
-            let column: Vec<Tensor> = pieces.iter().map(|p| p[ix].1.clone()).collect();
+            let column: Vec<Tensor> = pieces.iter().map(|p| p.outputs[ix].1.clone()).collect();
             let joined = Tensor::concat_rows(&column).map_err(serval_core::Error::from)?;
             Ok((name, joined))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Computed {
+        outputs,
+        queued,
+        compute,
+    })
 }

@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::error::ServerError;
-use crate::http::{Limits, check_instances};
-use crate::infer::{InferRequest, Inferencer, take_key_tensor};
+use crate::pipeline::{Decoded, Pipeline, RequestOptions, Target, take_key_tensor};
 use crate::store::VersionSelector;
 
 /// Generated protobuf types and service traits.
@@ -26,18 +25,15 @@ use proto::*;
 
 /// The gRPC service over the shared request path.
 pub struct InferenceService {
-    inferencer: Inferencer,
-    limits: Limits,
+    pipeline: Pipeline,
 }
 
 impl InferenceService {
-    /// A tonic server for the service, with the REST front end's message size and instance limits.
-    pub fn server(
-        inferencer: Inferencer,
-        limits: Limits,
-    ) -> GrpcInferenceServiceServer<InferenceService> {
-        GrpcInferenceServiceServer::new(InferenceService { inferencer, limits })
-            .max_decoding_message_size(limits.max_body_bytes)
+    /// A tonic server for the service, with the REST front end's message size limit.
+    pub fn server(pipeline: Pipeline) -> GrpcInferenceServiceServer<InferenceService> {
+        let max_message = pipeline.limits().max_body_bytes;
+        GrpcInferenceServiceServer::new(InferenceService { pipeline })
+            .max_decoding_message_size(max_message)
             .max_encoding_message_size(usize::MAX)
     }
 }
@@ -56,7 +52,7 @@ impl GrpcInferenceService for InferenceService {
         _: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
         Ok(Response::new(ServerReadyResponse {
-            ready: self.inferencer.server_ready(),
+            ready: self.pipeline.server_ready(),
         }))
     }
 
@@ -66,7 +62,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
         let ready = self
-            .inferencer
+            .pipeline
             .store()
             .model(&r.name)
             .and_then(|m| {
@@ -96,7 +92,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let served_model = self.inferencer.store().model(&r.name)?;
+        let served_model = self.pipeline.store().model(&r.name)?;
         let served = served_model.resolve(&VersionSelector::parse(Some(&r.version))?)?;
         let signature = served.model.signature(None).map_err(ServerError::from)?;
         let metadata = |specs: &[serval_core::TensorSpec]| {
@@ -122,85 +118,54 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let _permit = self.inferencer.try_admit()?;
+        let _permit = self.pipeline.try_admit()?;
         let deadline = grpc_deadline(request.metadata());
         let r = request.into_inner();
-        let served_model = self.inferencer.store().model(&r.model_name)?;
-        let selector = VersionSelector::parse(Some(&r.model_version))?;
-        let key_name = served_model.config.key.clone();
-        let use_raw = !r.raw_input_contents.is_empty();
-        if use_raw && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(ServerError::BadRequest(format!(
-                "{} raw_input_contents for {} inputs: send one per input, in order",
-                r.raw_input_contents.len(),
-                r.inputs.len()
-            ))
-            .into());
-        }
-        let mut inputs = Vec::with_capacity(r.inputs.len());
-        for (ix, input) in r.inputs.iter().enumerate() {
-            let data_type = codec::data_type_of(&input.name, &input.datatype)?;
-            let shape = codec::shape_of(&input.name, &input.shape)?;
-            let tensor = if use_raw {
-                codec::decode_raw(&input.name, data_type, shape, &r.raw_input_contents[ix])?
-            } else {
-                from_contents(input, data_type, shape)?
-            };
-            inputs.push((input.name.clone(), tensor));
-        }
-        let keys = take_key_tensor(&mut inputs, &key_name)?;
-        check_instances(inputs.first().map_or(0, |(_, t)| t.rows()), &self.limits)?;
-        let signature = match r
-            .parameters
-            .get("signature_name")
-            .and_then(|p| p.parameter_choice.clone())
-        {
+        let target = Target {
+            model: r.model_name.clone(),
+            version: VersionSelector::parse(Some(&r.model_version))?,
+            protocol: "v2_grpc",
+        };
+        let parameter = |name: &str| {
+            r.parameters
+                .get(name)
+                .and_then(|p| p.parameter_choice.clone())
+        };
+        let options = RequestOptions {
+            timeout: match parameter("timeout") {
+                // Triton's schedule-policy extension: microseconds.
+                Some(infer_parameter::ParameterChoice::Int64Param(us)) => {
+                    Some(Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+                }
+                Some(infer_parameter::ParameterChoice::Uint64Param(us)) => {
+                    Some(Duration::from_micros(us))
+                }
+                _ => deadline,
+            },
+            outputs: (!r.outputs.is_empty())
+                .then(|| r.outputs.iter().map(|o| o.name.clone()).collect()),
+        };
+        let signature = match parameter("signature_name") {
             Some(infer_parameter::ParameterChoice::StringParam(s)) => Some(s),
             _ => None,
         };
         let response = self
-            .inferencer
-            .infer(InferRequest {
-                model: r.model_name.clone(),
-                version: selector,
-                signature,
-                inputs,
-                keys,
-                protocol: "v2_grpc",
-                timeout: match r
-                    .parameters
-                    .get("timeout")
-                    .and_then(|p| p.parameter_choice.clone())
-                {
-                    // Triton's schedule-policy extension: microseconds.
-                    Some(infer_parameter::ParameterChoice::Int64Param(us)) => {
-                        Some(Duration::from_micros(u64::try_from(us).unwrap_or(0)))
-                    }
-                    Some(infer_parameter::ParameterChoice::Uint64Param(us)) => {
-                        Some(Duration::from_micros(us))
-                    }
-                    _ => deadline,
-                },
+            .pipeline
+            .predict(target, |model| {
+                let mut inputs = decode_inputs(&r)?;
+                let keys = take_key_tensor(&mut inputs, &model.config().key)?;
+                Ok(Decoded {
+                    signature: signature.clone(),
+                    inputs,
+                    keys,
+                    options: options.clone(),
+                })
             })
             .await?;
         let key_tensor = response.key_tensor();
         let mut outputs = response.outputs;
-        if !r.outputs.is_empty() {
-            if let Some(unknown) = r
-                .outputs
-                .iter()
-                .find(|o| o.name != key_name && !outputs.iter().any(|(n, _)| n == &o.name))
-            {
-                return Err(ServerError::BadRequest(format!(
-                    "requested output '{}' is not an output of model '{}'",
-                    unknown.name, r.model_name
-                ))
-                .into());
-            }
-            outputs.retain(|(n, _)| r.outputs.iter().any(|o| &o.name == n));
-        }
         if let Some(tensor) = key_tensor {
-            outputs.push((key_name, tensor));
+            outputs.push((response.key_name, tensor));
         }
         let raw_output_contents = outputs.iter().map(|(_, t)| codec::encode_raw(t)).collect();
         let outputs = outputs
@@ -227,13 +192,37 @@ impl GrpcInferenceService for InferenceService {
             .collect();
         Ok(Response::new(ModelInferResponse {
             model_name: r.model_name,
-            model_version: response.version.to_string(),
+            model_version: response.model.version().to_string(),
             id: r.id,
             parameters,
             outputs,
             raw_output_contents,
         }))
     }
+}
+
+/// The request's tensors, from `raw_input_contents` or typed `contents`.
+fn decode_inputs(r: &ModelInferRequest) -> Result<Vec<(String, Tensor)>, ServerError> {
+    let use_raw = !r.raw_input_contents.is_empty();
+    if use_raw && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(ServerError::BadRequest(format!(
+            "{} raw_input_contents for {} inputs: send one per input, in order",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (ix, input) in r.inputs.iter().enumerate() {
+        let data_type = codec::data_type_of(&input.name, &input.datatype)?;
+        let shape = codec::shape_of(&input.name, &input.shape)?;
+        let tensor = if use_raw {
+            codec::decode_raw(&input.name, data_type, shape, &r.raw_input_contents[ix])?
+        } else {
+            from_contents(input, data_type, shape)?
+        };
+        inputs.push((input.name.clone(), tensor));
+    }
+    Ok(inputs)
 }
 
 /// Decodes typed `InferTensorContents` (the non-raw gRPC form).

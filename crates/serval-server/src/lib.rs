@@ -1,8 +1,8 @@
 //! Serval's online server: one process answering TF Serving REST, Open Inference Protocol v2
 //! REST (with Triton's binary extension) and v2 gRPC, plus Prometheus metrics.
 //!
-//! The request path is protocol → [`infer::Inferencer`] → `serval_core::Model`: front ends
-//! only decode and encode; admission, deadlines, key minting and metrics live in `infer`.
+//! The request path is protocol → [`pipeline::Pipeline::predict`] → `serval_core::Model`: front
+//! ends only decode and encode; routing, limits, keys, deadlines and metrics live in `pipeline`.
 #![deny(missing_docs)]
 
 use std::net::SocketAddr;
@@ -17,8 +17,8 @@ pub mod codec;
 pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod infer;
 pub mod metrics;
+pub mod pipeline;
 pub mod precomputed;
 pub mod store;
 pub mod watch;
@@ -33,7 +33,7 @@ pub struct ServerConfig {
     /// Separate metrics address; `None` serves `/metrics` on the HTTP port.
     pub metrics_addr: Option<SocketAddr>,
     /// Request limits.
-    pub limits: http::Limits,
+    pub limits: pipeline::Limits,
     /// Deadline for one request (queueing plus compute).
     pub request_timeout: Duration,
     /// How often to re-scan the repository (besides file notifications); `None` never reloads.
@@ -69,16 +69,11 @@ pub async fn serve(
     let tables = Arc::new(precomputed::PrecomputedTables::mount(
         config.precomputed.clone(),
     ));
-    let inferencer = infer::Inferencer::new(
-        store.clone(),
-        config.request_timeout,
-        config.limits.max_concurrent_requests,
-    )
-    .with_precomputed(tables.clone())
-    .with_strict_readiness(config.strict_readiness);
+    let pipeline = pipeline::Pipeline::new(store.clone(), config.request_timeout, config.limits)
+        .with_precomputed(tables.clone())
+        .with_strict_readiness(config.strict_readiness);
     let state = Arc::new(http::RestState {
-        inferencer: inferencer.clone(),
-        limits: config.limits,
+        pipeline: pipeline.clone(),
         metrics: config.metrics_addr.is_none().then(|| handle.clone()),
     });
     let http_listener = bind(config.http_addr).await?;
@@ -119,7 +114,7 @@ pub async fn serve(
     let http_server = axum::serve(http_listener, http::router(state))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(grpc::InferenceService::server(inferencer, config.limits))
+        .add_service(grpc::InferenceService::server(pipeline))
         .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
     let metrics_server = async {
         match metrics_listener {

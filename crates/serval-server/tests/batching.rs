@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serval_core::{Model, ModelRepository, RepositoryOptions, Tensor, TensorData};
-use serval_server::batcher::Batcher;
+use serval_server::batcher::{Batcher, Computed};
 use serval_server::error::ServerError;
 
 fn examples() -> PathBuf {
@@ -82,7 +82,7 @@ async fn concurrent_requests_get_their_own_rows_back() {
             let expected = model.predict(None, features(request, rows)).unwrap();
             let valid = model.validate(None, features(request, rows)).unwrap();
             let got = batcher.submit(valid, far()).await.unwrap();
-            assert_close(&got, &expected, &format!("request {request}"));
+            assert_close(&got.outputs, &expected, &format!("request {request}"));
         }));
     }
     for task in tasks {
@@ -105,7 +105,11 @@ async fn oversize_client_batch_is_split_not_rejected() {
         .submit(model.validate(None, features(3, 50)).unwrap(), far())
         .await
         .unwrap();
-    assert_close(&got, &expected, "split request");
+    assert_close(&got.outputs, &expected, "split request");
+    assert!(
+        got.compute > Duration::ZERO,
+        "the engine time of its parts is reported"
+    );
     assert!(
         batcher.stats().executions.load(Ordering::Relaxed) >= 7,
         "50 rows with max 8 need at least 7 runs"
@@ -113,7 +117,7 @@ async fn oversize_client_batch_is_split_not_rejected() {
 }
 
 /// A submitted request's task: its outputs, or why it was refused.
-type Submitted = tokio::task::JoinHandle<Result<Vec<(String, Tensor)>, ServerError>>;
+type Submitted = tokio::task::JoinHandle<Result<Computed, ServerError>>;
 
 /// Submits `n` one-row requests concurrently, each on its own task.
 fn submit_single_rows(batcher: &Arc<Batcher>, model: &Model, n: usize) -> Vec<Submitted> {

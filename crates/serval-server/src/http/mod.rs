@@ -9,23 +9,12 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::{Result, ServerError};
-use crate::infer::Inferencer;
+use crate::pipeline::{Limits, Pipeline};
 
 mod tfserving;
 mod v2;
 
 pub use v2::server_extensions;
-
-/// Request limits enforced by every REST handler.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest accepted request body (413 beyond).
-    pub max_body_bytes: usize,
-    /// Most instances accepted in one request (413 beyond).
-    pub max_instances: usize,
-    /// Requests handled at once across all models and protocols (429 beyond, before reading them).
-    pub max_concurrent_requests: usize,
-}
 
 /// Shared state of the REST handlers, behind one `Arc`: axum clones the state for every request
 /// (middleware and handler), and one reference count is cheaper than one per field.
@@ -34,9 +23,7 @@ pub type AppState = std::sync::Arc<RestState>;
 /// What the REST handlers share.
 pub struct RestState {
     /// The protocol-neutral request path.
-    pub inferencer: Inferencer,
-    /// Request limits.
-    pub limits: Limits,
+    pub pipeline: Pipeline,
     /// Renders `/metrics`; `None` when metrics are served on their own port.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -65,7 +52,7 @@ async fn shed_load(
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
-    match state.inferencer.try_admit() {
+    match state.pipeline.try_admit() {
         Ok(_permit) => next.run(request).await,
         Err(err) => err.into_response(),
     }
@@ -152,17 +139,6 @@ pub(crate) fn json_ok(value: &impl serde::Serialize) -> Result<Response> {
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| ServerError::BadRequest(format!("malformed JSON request: {e}")))
-}
-
-/// Refuses requests with more instances than allowed.
-pub(crate) fn check_instances(rows: usize, limits: &Limits) -> Result<()> {
-    if rows > limits.max_instances {
-        return Err(ServerError::PayloadTooLarge(format!(
-            "{rows} instances exceed the limit of {} per request",
-            limits.max_instances
-        )));
-    }
-    Ok(())
 }
 
 /// Response header naming the version that answered (TF Serving's body has no place for it).

@@ -17,9 +17,9 @@ use serval_core::instances::{
     decode_whole,
 };
 
-use super::{AppState, check_instances, header_timeout, json_ok, parse_json, read_body};
+use super::{AppState, header_timeout, json_ok, parse_json, read_body};
 use crate::error::{Result, ServerError};
-use crate::infer::InferRequest;
+use crate::pipeline::{Decoded, Limits, RequestOptions, Target};
 use crate::store::{ServedModel, VersionSelector};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -32,11 +32,6 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// `<model>[/versions/<n>|/labels/<l>]` followed by `:verb` (POST) or `[/metadata]` (GET).
-struct Target {
-    model: String,
-    version: VersionSelector,
-}
-
 fn parse_target(path: &str) -> Result<Target> {
     let mut parts = path.split('/');
     let model = parts
@@ -66,6 +61,7 @@ fn parse_target(path: &str) -> Result<Target> {
     Ok(Target {
         model: model.to_owned(),
         version,
+        protocol: "tfserving",
     })
 }
 
@@ -75,7 +71,7 @@ async fn get_model(State(state): State<AppState>, Path(rest): Path<String>) -> R
         None => (rest.as_str(), false),
     };
     let target = parse_target(path)?;
-    let served_model = state.inferencer.store().model(&target.model)?;
+    let served_model = state.pipeline.store().model(&target.model)?;
     if metadata {
         let served = served_model.resolve(&target.version)?;
         return json_ok(&metadata_json(&served_model, &served.model));
@@ -91,7 +87,7 @@ async fn get_model(State(state): State<AppState>, Path(rest): Path<String>) -> R
     if target.version == VersionSelector::Default {
         // Versions that failed to load are reported with their error, as TF Serving does.
         for failed in state
-            .inferencer
+            .pipeline
             .store()
             .index()
             .into_iter()
@@ -158,44 +154,45 @@ async fn post_model(
             )));
         }
     }
-    let bytes = read_body(&headers, body, &state.limits).await?;
-    let served_model = state.inferencer.store().model(&target.model);
-    if let Ok(m) = &served_model {
-        state
-            .inferencer
-            .shed_if_saturated(m, &target.version, "tfserving")?;
-    }
-    let served = served_model.and_then(|m| m.resolve(&target.version));
-    let class_maps = served.as_ref().ok().map(|served| served.model.clone());
-    let (signature, decoded, columnar) = match served
-        .as_ref()
-        .ok()
-        .and_then(|served| decode_fast(&bytes, &served.model))
-    {
-        Some((signature, decoded)) => {
-            check_instances(decoded.keys.len(), &state.limits)?;
-            (signature, decoded, false)
-        }
-        None => decode_slow(&bytes, served, &state.limits)?,
+    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let options = RequestOptions {
+        timeout: header_timeout(&headers)?,
+        outputs: None,
     };
-    // ZipMap outputs go out as `{label: probability}` per instance, labelled as the version
-    // decoded against declares them.
-    let class_maps = class_maps
-        .and_then(|m| {
-            m.signature(Some(&signature))
-                .ok()
-                .map(|s| s.class_maps.clone())
+    let limits = state.pipeline.limits();
+    let mut columnar = false;
+    let mut warnings = Vec::new();
+    let response = state
+        .pipeline
+        .predict(target, |model| {
+            let (signature, decoded, is_columnar) = match decode_fast(&bytes, model) {
+                Some((signature, decoded)) => (signature, decoded, false),
+                None => decode_slow(&bytes, model, limits)?,
+            };
+            columnar = is_columnar;
+            warnings = decoded.warnings;
+            Ok(Decoded {
+                signature: Some(signature),
+                inputs: decoded.inputs,
+                keys: Some(decoded.keys),
+                options: options.clone(),
+            })
         })
+        .await?;
+    let version_answered = response.version();
+    // ZipMap outputs go out as `{label: probability}` per instance, labelled as the answering
+    // version declares them.
+    let class_maps = response
+        .model
+        .signature(Some(&response.signature))
+        .map(|s| s.class_maps.clone())
         .unwrap_or_default();
-    let request = infer_request(target, signature, decoded.inputs, decoded.keys, &headers)?;
-    let response = state.inferencer.infer(request).await?;
-    let version_answered = response.version;
     let precomputed_at = response.precomputed_at;
     let keyed = KeyedPredictions {
         key_name: response.key_name,
         keys: response.keys,
         outputs: response.outputs,
-        warnings: decoded.warnings,
+        warnings,
         class_maps,
         // Row-format instances stack on axis 0 for every model (TF Serving's rule); columnar
         // outputs go out whole anyway.
@@ -221,25 +218,6 @@ async fn post_model(
     );
     super::mark_precomputed(&mut response, precomputed_at.as_deref());
     Ok(response)
-}
-
-/// What every TF Serving verb hands to the inferencer.
-fn infer_request(
-    target: Target,
-    signature: String,
-    inputs: Vec<(String, serval_core::Tensor)>,
-    keys: Vec<Option<String>>,
-    headers: &HeaderMap,
-) -> Result<InferRequest> {
-    Ok(InferRequest {
-        model: target.model,
-        version: target.version,
-        signature: Some(signature),
-        inputs,
-        keys: Some(keys),
-        protocol: "tfserving",
-        timeout: header_timeout(headers)?,
-    })
 }
 
 /// The common request, `{"instances": [...]}` with an optional `signature_name`, decoded in one
@@ -303,15 +281,13 @@ impl<'de> Visitor<'de> for FastRequest<'_> {
 }
 
 /// Any request, through `serde_json::Value`: every error is reported here, in the order the
-/// checks have always run (JSON, model, signature, request form, size, instances).
+/// checks have always run (JSON, signature, request form, size, instances).
 fn decode_slow(
     bytes: &[u8],
-    served: Result<std::sync::Arc<crate::store::ServedVersion>>,
-    limits: &super::Limits,
+    model: &serval_core::Model,
+    limits: &Limits,
 ) -> Result<(String, DecodedInstances, bool)> {
     let request: PredictRequest = parse_json(bytes)?;
-    let served = served?;
-    let model = &served.model;
     let signature = model
         .signature(request.signature_name.as_deref())
         .map_err(ServerError::from)?;
@@ -348,7 +324,8 @@ fn decode_slow(
         }
         (None, Some(inputs)) => (columnar_to_instances(inputs, signature, key_name)?, true),
     };
-    check_instances(instances.len(), limits)?;
+    // Before decoding: the tensors would cost memory the limit is there to bound.
+    limits.check_instances(instances.len())?;
     let decoded = decode_instances(signature, key_name, &instances).map_err(|e| {
         if model.is_batchable() {
             return serval_core::Error::from(e);
@@ -494,69 +471,57 @@ async fn classify_or_regress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = read_body(&headers, body, &state.limits).await?;
+    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
     let request: ExamplesRequest = parse_json(&bytes)?;
-    let served_model = state.inferencer.store().model(&target.model)?;
-    let served = served_model.resolve(&target.version)?;
-    let model = &served.model;
-    let signature = model
-        .signature(request.signature_name.as_deref())
-        .map_err(ServerError::from)?;
+    state
+        .pipeline
+        .limits()
+        .check_instances(request.examples.len())?;
     let verb = if classify { "classify" } else { "regress" };
-    let floats = |want: fn(&[Option<usize>]) -> bool| -> Vec<&serval_core::TensorSpec> {
-        signature
-            .outputs
-            .iter()
-            .filter(|o| o.data_type.is_float() && want(&o.shape))
-            .collect()
+    let options = RequestOptions {
+        timeout: header_timeout(&headers)?,
+        outputs: None,
     };
-    let scores = if classify {
-        floats(|s| s.len() == 2 && s[1] != Some(1))
-    } else {
-        floats(|s| s.len() == 1 || (s.len() == 2 && s[1] == Some(1)))
-    };
-    let [scores] = scores.as_slice() else {
-        return Err(ServerError::BadRequest(format!(
-            "':{verb}' needs signature '{}' of model '{}' to have exactly one {} float output, \
-             it has {}; use ':predict'",
-            signature.name,
-            target.model,
-            if classify { "[N, C]" } else { "[N] or [N, 1]" },
-            scores.len()
-        )));
-    };
-    let scores_name = scores.name.clone();
-    let labels = signature
-        .class_maps
-        .get(&scores_name)
-        .cloned()
-        .unwrap_or_else(|| model.config().class_labels.clone());
-    check_instances(request.examples.len(), &state.limits)?;
     let instances: Vec<Value> = request
         .examples
-        .into_iter()
-        .map(|mut example| {
+        .iter()
+        .map(|example| {
+            let mut example = example.clone();
             for (name, value) in &request.context {
                 example.entry(name.clone()).or_insert_with(|| value.clone());
             }
             Value::Object(example)
         })
         .collect();
-    let decoded = decode_instances(signature, &model.config().key, &instances)
-        .map_err(serval_core::Error::from)?;
-    let signature_name = signature.name.clone();
-    let request = infer_request(
-        target,
-        signature_name,
-        decoded.inputs,
-        decoded.keys,
-        &headers,
-    )?;
-    let response = state.inferencer.infer(request).await?;
+    let model_name = target.model.clone();
+    let mut scores_name = String::new();
+    let response = state
+        .pipeline
+        .predict(target, |model| {
+            let signature = model
+                .signature(request.signature_name.as_deref())
+                .map_err(ServerError::from)?;
+            scores_name = scores_output(signature, classify, verb, &model_name)?;
+            let decoded = decode_instances(signature, &model.config().key, &instances)
+                .map_err(serval_core::Error::from)?;
+            Ok(Decoded {
+                signature: Some(signature.name.clone()),
+                inputs: decoded.inputs,
+                keys: Some(decoded.keys),
+                options: options.clone(),
+            })
+        })
+        .await?;
+    let labels = response
+        .model
+        .signature(Some(&response.signature))
+        .ok()
+        .and_then(|s| s.class_maps.get(&scores_name).cloned())
+        .unwrap_or_else(|| response.model.config().class_labels.clone());
     let Some((_, tensor)) = response.outputs.iter().find(|(n, _)| *n == scores_name) else {
         return Err(ServerError::Core(serval_core::Error::Inference {
-            model: response.model.clone(),
-            version: response.version,
+            model: model_name,
+            version: response.version(),
             reason: format!("output '{scores_name}' missing from the reply. This is a bug."),
         }));
     };
@@ -566,8 +531,8 @@ async fn classify_or_regress(
         TensorData::Fp16(v) => v.iter().map(|x| Score::F32(x.to_f32())).collect(),
         other => {
             return Err(ServerError::Core(serval_core::Error::Inference {
-                model: response.model.clone(),
-                version: response.version,
+                model: model_name,
+                version: response.version(),
                 reason: format!("output '{scores_name}' is {}, not float", other.data_type()),
             }));
         }
@@ -594,9 +559,40 @@ async fn classify_or_regress(
     let mut res = json_ok(&ExamplesResponse { result })?;
     res.headers_mut().insert(
         super::VERSION_HEADER,
-        axum::http::HeaderValue::from(response.version),
+        axum::http::HeaderValue::from(response.version()),
     );
     Ok(res)
+}
+
+/// The one float output `:classify` (`[N, C]`) or `:regress` (`[N]` or `[N, 1]`) reads.
+fn scores_output(
+    signature: &serval_core::Signature,
+    classify: bool,
+    verb: &str,
+    model: &str,
+) -> Result<String> {
+    let floats = |want: fn(&[Option<usize>]) -> bool| -> Vec<&serval_core::TensorSpec> {
+        signature
+            .outputs
+            .iter()
+            .filter(|o| o.data_type.is_float() && want(&o.shape))
+            .collect()
+    };
+    let scores = if classify {
+        floats(|s| s.len() == 2 && s[1] != Some(1))
+    } else {
+        floats(|s| s.len() == 1 || (s.len() == 2 && s[1] == Some(1)))
+    };
+    match scores.as_slice() {
+        [scores] => Ok(scores.name.clone()),
+        _ => Err(ServerError::BadRequest(format!(
+            "':{verb}' needs signature '{}' of model '{model}' to have exactly one {} float \
+             output, it has {}; use ':predict'",
+            signature.name,
+            if classify { "[N, C]" } else { "[N] or [N, 1]" },
+            scores.len()
+        ))),
+    }
 }
 
 /// A score as the engine computed it (f32 stays f32 in JSON, as in `:predict`).

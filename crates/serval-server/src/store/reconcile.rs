@@ -1,0 +1,245 @@
+//! Reconciliation: bringing the served snapshot in line with the repository's files, one model
+//! at a time, without ever replacing a serving version by one that fails to load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError};
+use std::time::SystemTime;
+
+use serval_core::ModelConfig;
+use serval_core::config::VersionPolicy;
+use serval_core::model::MODEL_FILE;
+use serval_core::warmup::WARMUP_FILE;
+
+use super::engine_threads::{default_workers, resident_bytes};
+use super::{ModelStore, ServedModel, ServedVersion, Snapshot};
+use crate::batcher::Batcher;
+use crate::metrics;
+
+impl ModelStore {
+    /// Brings every model in line with the repository (the watcher's and `index`'s entry point).
+    pub fn reconcile_all(&self) -> serval_core::Result<()> {
+        let _guard = self
+            .reconcile_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = self.repository.model_names()?;
+        let old = self.current();
+        let mut next = Snapshot {
+            unloaded: old.unloaded.clone(),
+            ..Snapshot::default()
+        };
+        for name in names.iter().filter(|n| !old.unloaded.contains(*n)) {
+            self.reconcile_into(name, &old, &mut next);
+        }
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Computes the model's next state from the files, keeping serving versions when loads fail.
+    pub(super) fn reconcile_into(&self, name: &str, old: &Snapshot, next: &mut Snapshot) {
+        let current = old.models.get(name);
+        let config = match self.repository.config(name) {
+            Ok(config) => config,
+            Err(err) => return keep_on_failure(name, current, old, next, err.to_string()),
+        };
+        let desired = match self.repository.served_versions(name, &config) {
+            Ok(desired) => desired,
+            Err(err) => return keep_on_failure(name, current, old, next, err.to_string()),
+        };
+        // `latest(n)` means the n newest versions that work: a broken newest version falls back
+        // to the one before it instead of leaving the model on something older (or on nothing).
+        let (candidates, wanted) = match &config.versions.policy {
+            VersionPolicy::Latest(n) => {
+                let mut on_disk = self.repository.versions_on_disk(name).unwrap_or(desired);
+                on_disk.reverse();
+                (on_disk, *n)
+            }
+            _ => (desired, usize::MAX),
+        };
+        let config_changed = current.is_some_and(|m| m.config != config);
+        let shared_config = Arc::new(config.clone());
+        let mut versions = BTreeMap::new();
+        for version in candidates {
+            if versions.len() >= wanted {
+                break;
+            }
+            let dir = self.repository.root().join(name).join(version.to_string());
+            let fingerprint = Fingerprint::of(&dir, &self.repository.root().join(name));
+            let loaded = current.and_then(|m| m.versions.get(&version));
+            if let Some(loaded) = loaded
+                && !config_changed
+                && loaded.fingerprint == fingerprint
+            {
+                versions.insert(version, loaded.clone());
+                continue;
+            }
+            // An identical failed version is not retried until its files change.
+            if loaded.is_none()
+                && let Some(reason) = old.version_failures.get(&(name.to_owned(), version))
+                && old.failed_fingerprints(name, version) == Some(&fingerprint)
+            {
+                next.version_failures
+                    .insert((name.to_owned(), version), reason.clone());
+                next.failed_fingerprint
+                    .insert((name.to_owned(), version), fingerprint);
+                continue;
+            }
+            match self.load_version(name, version, shared_config.clone(), fingerprint.clone()) {
+                Ok(served) => {
+                    versions.insert(version, Arc::new(served));
+                }
+                Err(err) => {
+                    tracing::error!(model = %name, version, error = %err, "version failed to load; not serving it");
+                    metrics::record_load_failure(name, version);
+                    next.version_failures
+                        .insert((name.to_owned(), version), err.to_string());
+                    next.failed_fingerprint
+                        .insert((name.to_owned(), version), fingerprint);
+                    // Never replace a serving version with a broken one.
+                    if let Some(loaded) = loaded {
+                        versions.insert(version, loaded.clone());
+                    }
+                }
+            }
+        }
+        if versions.is_empty() {
+            let reason = next
+                .version_failures
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|((_, v), r)| format!("version {v}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return keep_on_failure(name, current, old, next, reason);
+        }
+        if current.is_none_or(|m| m.versions.keys().ne(versions.keys()) || config_changed) {
+            tracing::info!(model = %name, versions = ?versions.keys().collect::<Vec<_>>(), "serving");
+        }
+        let config = if versions.values().all(|v| v.model.config() == &config) {
+            config
+        } else {
+            // A reload under the new config failed: keep describing what actually serves.
+            current.map_or(config, |m| m.config.clone())
+        };
+        next.models.insert(
+            name.to_owned(),
+            Arc::new(ServedModel {
+                name: name.to_owned(),
+                config,
+                versions,
+                unkeyed_requests: AtomicU64::new(0),
+            }),
+        );
+    }
+
+    fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+        fingerprint: Fingerprint,
+    ) -> serval_core::Result<ServedVersion> {
+        let rss_before = resident_bytes();
+        // Loading includes warm-up (and the engine fallback it may trigger).
+        let model = Arc::new(self.repository.load_version(name, version, config)?);
+        let rss_bytes_at_load = resident_bytes().saturating_sub(rss_before);
+        let workers = model
+            .config()
+            .instances
+            .unwrap_or_else(|| default_workers(&model));
+        let batcher = Batcher::start(model.clone(), workers);
+        tracing::info!(
+            model = %name,
+            version,
+            backend = model.backend_choice().kind.as_str(),
+            reason = %model.backend_choice().reason,
+            workers,
+            rss_kib = rss_bytes_at_load / 1024,
+            "loaded and warmed up"
+        );
+        Ok(ServedVersion {
+            model,
+            batcher,
+            rss_bytes_at_load,
+            fingerprint,
+        })
+    }
+}
+
+impl Snapshot {
+    /// A copy of this snapshot without `name`'s state.
+    pub(super) fn without(&self, name: &str) -> Snapshot {
+        let mut next = Snapshot {
+            models: self.models.clone(),
+            failures: self.failures.clone(),
+            version_failures: self.version_failures.clone(),
+            unloaded: self.unloaded.clone(),
+            failed_fingerprint: self.failed_fingerprint.clone(),
+            stale: self.stale.clone(),
+        };
+        next.stale.remove(name);
+        next.models.remove(name);
+        next.failures.remove(name);
+        next.version_failures.retain(|(n, _), _| n != name);
+        next.failed_fingerprint.retain(|(n, _), _| n != name);
+        next
+    }
+
+    fn failed_fingerprints(&self, name: &str, version: u64) -> Option<&Fingerprint> {
+        self.failed_fingerprint.get(&(name.to_owned(), version))
+    }
+}
+
+/// Keeps whatever served before (if anything) and records why the update failed, logging
+/// only when the reason is new (the watcher re-checks every few seconds).
+fn keep_on_failure(
+    name: &str,
+    current: Option<&Arc<ServedModel>>,
+    old: &Snapshot,
+    next: &mut Snapshot,
+    reason: String,
+) {
+    let is_new = old.failures.get(name) != Some(&reason) && old.stale.get(name) != Some(&reason);
+    match current {
+        Some(model) => {
+            if is_new {
+                tracing::error!(model = %name, error = %reason, "update failed; still serving the previous versions");
+            }
+            next.models.insert(name.to_owned(), model.clone());
+            next.stale.insert(name.to_owned(), reason);
+        }
+        None => {
+            if is_new {
+                tracing::error!(model = %name, error = %reason, "model failed to load");
+            }
+            next.failures.insert(name.to_owned(), reason);
+        }
+    }
+}
+
+/// Modification times and sizes of the files a version is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fingerprint(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
+
+impl Fingerprint {
+    fn of(version_dir: &Path, model_dir: &Path) -> Fingerprint {
+        let files = [
+            version_dir.join(MODEL_FILE),
+            version_dir.join(WARMUP_FILE),
+            model_dir.join(serval_core::config::CONFIG_FILE),
+        ];
+        Fingerprint(
+            files
+                .into_iter()
+                .map(|path| {
+                    let stamp = std::fs::metadata(&path)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())));
+                    (path, stamp)
+                })
+                .collect(),
+        )
+    }
+}
