@@ -264,6 +264,15 @@ pub struct SqlArgs {
     /// Register a table: NAME=PATH (file, directory, glob or URL; format from the extension).
     #[arg(long = "table", value_name = "NAME=PATH")]
     tables: Vec<String>,
+    /// Register a prediction log (`serval serve --prediction-log DIR`) as the table
+    /// `predictions`: key, version, signature, ts, request_id, protocol, source, queue_us,
+    /// compute_us, inputs and outputs (JSON text), model, date.
+    #[arg(
+        long = "prediction-log",
+        env = "SERVAL_PREDICTION_LOG",
+        value_name = "DIR"
+    )]
+    prediction_log: Option<std::path::PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -279,6 +288,9 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
             let format = FileFormat::from_extension(path.trim_end_matches('/'))
                 .with_context(|| format!("--table {table}: cannot tell the format from the name (.parquet, .csv, .jsonl)"))?;
             serval_batch::job::register_table(&ctx, name, path, format).await?;
+        }
+        if let Some(root) = &args.prediction_log {
+            serval_batch::job::register_prediction_log(&ctx, root).await?;
         }
         // One statement at a time: a statement may read what the previous one wrote.
         for statement in serval_batch::session::parse_script(&args.query)? {

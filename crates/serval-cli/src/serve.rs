@@ -55,6 +55,89 @@ pub struct ServeArgs {
     /// the others out of a load balancer; each model has its own readiness endpoint.
     #[arg(long, env = "SERVAL_STRICT_READINESS")]
     strict_readiness: bool,
+    #[command(flatten)]
+    log: PredictionLogArgs,
+}
+
+/// Where and how predictions are logged.
+#[derive(clap::Args)]
+pub struct PredictionLogArgs {
+    /// Log every answered prediction with its key under DIR (Parquet,
+    /// `DIR/predictions/model=<m>/date=<d>/`); per-model `[logging]` in config.toml sets the
+    /// sample rate, what is kept and the durability. Several replicas may share one DIR.
+    #[arg(
+        long = "prediction-log",
+        env = "SERVAL_PREDICTION_LOG",
+        value_name = "DIR"
+    )]
+    dir: Option<PathBuf>,
+    /// Where the write-ahead segments go (default `DIR/_wal`): each process takes a folder of
+    /// its own there, and rolls the folders of processes that died.
+    #[arg(
+        long = "prediction-log-wal",
+        env = "SERVAL_PREDICTION_LOG_WAL",
+        value_name = "DIR"
+    )]
+    wal: Option<PathBuf>,
+    /// Names this process's log files; unique per replica (default: hostname and start time).
+    #[arg(long, env = "SERVAL_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Group-commit interval of buffered records, in milliseconds: what a power loss may cost.
+    #[arg(
+        long = "prediction-log-sync-ms",
+        env = "SERVAL_PREDICTION_LOG_SYNC_MS",
+        default_value_t = 100
+    )]
+    sync_ms: u64,
+    /// Seconds before an open segment is rolled into Parquet (also rolled past 64 MiB and at
+    /// shutdown): how soon `serval sql` sees a prediction.
+    #[arg(
+        long = "prediction-log-roll-secs",
+        env = "SERVAL_PREDICTION_LOG_ROLL_SECS",
+        default_value_t = 60
+    )]
+    roll_secs: u64,
+    /// Requests queued for the log writer; beyond it buffered records are dropped (counted in
+    /// serval_prediction_log_dropped_total) and synced requests fail with 503. A `kill -9` loses
+    /// at most what this queue holds plus one sync interval.
+    #[arg(
+        long = "prediction-log-queue",
+        env = "SERVAL_PREDICTION_LOG_QUEUE",
+        default_value_t = 10_000
+    )]
+    queue: usize,
+}
+
+impl PredictionLogArgs {
+    fn options(&self) -> anyhow::Result<Option<serval_log::LogOptions>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        if dir.to_string_lossy().contains("://") {
+            anyhow::bail!(
+                "--prediction-log {}: object-store prediction logs are not supported yet; give a \
+                 local directory (a mounted bucket works)",
+                dir.display()
+            );
+        }
+        anyhow::ensure!(
+            self.sync_ms > 0,
+            "--prediction-log-sync-ms must be at least 1"
+        );
+        anyhow::ensure!(
+            self.roll_secs > 0,
+            "--prediction-log-roll-secs must be at least 1"
+        );
+        let mut options = serval_log::LogOptions::new(dir.clone());
+        options.wal_root = self.wal.clone();
+        if let Some(id) = &self.replica_id {
+            options.replica_id = id.clone();
+        }
+        options.sync_interval = Duration::from_millis(self.sync_ms);
+        options.roll_interval = Duration::from_secs(self.roll_secs);
+        options.queue_capacity = self.queue;
+        Ok(Some(options))
+    }
 }
 
 fn parse_mount(value: &str) -> Result<(String, PathBuf), String> {
@@ -94,6 +177,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?,
         precomputed: args.precomputed,
         strict_readiness: args.strict_readiness,
+        prediction_log: args.log.options()?,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.io_threads {

@@ -142,6 +142,7 @@ impl GrpcInferenceService for InferenceService {
                 }
                 _ => deadline,
             },
+            request_id: (!r.id.is_empty()).then(|| r.id.clone()),
             outputs: (!r.outputs.is_empty())
                 .then(|| r.outputs.iter().map(|o| o.name.clone()).collect()),
         };

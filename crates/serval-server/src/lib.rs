@@ -43,6 +43,8 @@ pub struct ServerConfig {
     /// Server readiness needs every model ready (Triton's `--strict-readiness`), rather than
     /// any one.
     pub strict_readiness: bool,
+    /// Where every answered prediction is logged, if anywhere.
+    pub prediction_log: Option<serval_log::LogOptions>,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -72,6 +74,19 @@ pub async fn serve(
     let pipeline = pipeline::Pipeline::new(store.clone(), config.request_timeout, config.limits)
         .with_precomputed(tables.clone())
         .with_strict_readiness(config.strict_readiness);
+    let log = match config.prediction_log.clone() {
+        Some(options) => {
+            let root = options.root.clone();
+            let log = Arc::new(serval_log::PredictionLog::open(options)?);
+            tracing::info!(root = %root.display(), "logging predictions");
+            Some(log)
+        }
+        None => None,
+    };
+    let pipeline = match &log {
+        Some(log) => pipeline.with_prediction_log(log.clone()),
+        None => pipeline,
+    };
     let state = Arc::new(http::RestState {
         pipeline: pipeline.clone(),
         metrics: config.metrics_addr.is_none().then(|| handle.clone()),
@@ -127,6 +142,10 @@ pub async fn serve(
         }
     };
     let (http_res, grpc_res, metrics_res) = tokio::join!(http_server, grpc_server, metrics_server);
+    if let Some(log) = log {
+        // Every answered request is queued by now: write it all out and roll it into Parquet.
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
     http_res.map_err(ServeError::Io)?;
     grpc_res.map_err(|e| ServeError::Grpc(e.to_string()))?;
     metrics_res.map_err(ServeError::Io)?;
@@ -156,6 +175,9 @@ pub enum ServeError {
     /// A precomputed table is mounted for a model that is not served.
     #[error("{0}")]
     Precomputed(String),
+    /// The prediction log could not be opened.
+    #[error("prediction log: {0}")]
+    Log(#[from] serval_log::LogError),
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),

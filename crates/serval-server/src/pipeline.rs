@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serval_core::{Model, Tensor, TensorData};
+use serval_core::config::Durability;
+use serval_core::{Model, Tensor, TensorData, ValidInputs};
+use serval_log::{LogError, LoggedRequest, PredictionLog, Source};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -61,6 +63,8 @@ pub struct RequestOptions {
     pub timeout: Option<Duration>,
     /// Outputs to return (`None`: all of the signature's); the key's name is always allowed.
     pub outputs: Option<Vec<String>>,
+    /// The client's request id (OIP `id`); the log mints one when absent.
+    pub request_id: Option<String>,
 }
 
 /// A request body decoded against the model of the version that will answer it.
@@ -122,6 +126,7 @@ pub struct Pipeline {
     in_flight: Arc<Semaphore>,
     precomputed: Arc<PrecomputedTables>,
     strict_readiness: bool,
+    log: Option<Arc<PredictionLog>>,
 }
 
 impl Pipeline {
@@ -135,7 +140,14 @@ impl Pipeline {
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             precomputed: Arc::new(PrecomputedTables::default()),
             strict_readiness: false,
+            log: None,
         }
+    }
+
+    /// Records every answered prediction in this log.
+    pub fn with_prediction_log(mut self, log: Arc<PredictionLog>) -> Pipeline {
+        self.log = Some(log);
+        self
     }
 
     /// Makes server readiness need every model ready, as Triton's `--strict-readiness`.
@@ -281,6 +293,10 @@ impl Pipeline {
             queued: Duration::ZERO,
             compute: Duration::ZERO,
         };
+        let logging = &config.logging;
+        let logged_inputs = (self.log.is_some() && logging.inputs && logging.sample_rate > 0.0)
+            .then(|| named_inputs(signature, &valid));
+        let batched = valid.is_batched();
         let from_table = precomputed.as_ref().and_then(|table| {
             let outputs = table.lookup(model.version(), signature, &prediction.keys)?;
             Some((outputs, table.manifest().finished_at.clone()))
@@ -310,11 +326,71 @@ impl Pipeline {
                 prediction.compute = computed.compute;
             }
         }
+        if let Some(log) = &self.log {
+            let request = LoggedRequest {
+                model: model.name().to_owned(),
+                version: model.version(),
+                signature: prediction.signature.clone(),
+                timestamp_us: now_us(),
+                request_id: options.request_id.unwrap_or_else(mint_key),
+                protocol: target.protocol,
+                source: Source::Online,
+                keys: prediction.keys.clone(),
+                inputs: logged_inputs,
+                outputs: logging.outputs.then(|| prediction.outputs.clone()),
+                batched,
+                queue_us: prediction.queued.as_micros() as u64,
+                compute_us: prediction.compute.as_micros() as u64,
+                sample_rate: logging.sample_rate,
+            };
+            record(log, request, logging.durability).await?;
+        }
         if let Some(requested) = &options.outputs {
             select_outputs(&mut prediction, requested)?;
         }
         Ok(prediction)
     }
+}
+
+/// Hands a prediction to the log. Buffered: never fails the request (a full queue drops the
+/// record, counted). Synced: answers only once the record is on disk, else 503.
+async fn record(log: &PredictionLog, request: LoggedRequest, durability: Durability) -> Result<()> {
+    if request.sample_rate <= 0.0 {
+        return Ok(());
+    }
+    let synced = durability == Durability::Synced;
+    let unlogged = |e: LogError| {
+        ServerError::Unavailable(format!(
+            "the prediction was not answered because it could not be logged (durability = \
+             \"synced\"): {e}"
+        ))
+    };
+    match log.submit(request, synced) {
+        Ok(None) => Ok(()),
+        Ok(Some(ack)) => match ack.await {
+            Ok(written) => written.map_err(unlogged),
+            Err(_) => Err(unlogged(LogError::Closed)),
+        },
+        Err(e) if synced => Err(unlogged(e)),
+        // Buffered: counted by the log, the prediction stands.
+        Err(_) => Ok(()),
+    }
+}
+
+/// A request's validated inputs with their public names, for the log.
+fn named_inputs(signature: &serval_core::Signature, valid: &ValidInputs) -> Vec<(String, Tensor)> {
+    signature
+        .inputs
+        .iter()
+        .zip(valid.tensors())
+        .map(|(spec, tensor)| (spec.name.clone(), tensor.clone()))
+        .collect()
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Decodes a request that a sticky canary routes by its key, which is only known once decoded:

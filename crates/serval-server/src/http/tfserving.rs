@@ -157,7 +157,7 @@ async fn post_model(
     let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
     let options = RequestOptions {
         timeout: header_timeout(&headers)?,
-        outputs: None,
+        ..RequestOptions::default()
     };
     let limits = state.pipeline.limits();
     let mut columnar = false;
@@ -480,7 +480,7 @@ async fn classify_or_regress(
     let verb = if classify { "classify" } else { "regress" };
     let options = RequestOptions {
         timeout: header_timeout(&headers)?,
-        outputs: None,
+        ..RequestOptions::default()
     };
     let instances: Vec<Value> = request
         .examples

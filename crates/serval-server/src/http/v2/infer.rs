@@ -146,6 +146,7 @@ pub(super) async fn infer(
                     .outputs
                     .as_ref()
                     .map(|outputs| outputs.iter().map(|o| o.name.clone()).collect()),
+                request_id: request.id.clone(),
             };
             let mut inputs = decode_inputs(&request.inputs, binary)?;
             let keys = take_key_tensor(&mut inputs, &model.config().key)?;

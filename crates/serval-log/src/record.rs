@@ -1,0 +1,266 @@
+//! What is logged: one record per instance, built on the writer thread from a request's tensors.
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serval_core::Tensor;
+use serval_core::instances::{RowView, TensorView};
+
+use crate::error::LogError;
+
+/// Where a prediction was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The online server.
+    Online,
+    /// `serval batch`.
+    Batch,
+    /// The edge runtime.
+    Edge,
+}
+
+impl Source {
+    /// The label stored in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Online => "online",
+            Source::Batch => "batch",
+            Source::Edge => "edge",
+        }
+    }
+}
+
+/// One request's predictions as the pipeline hands them over; the writer thread splits them
+/// into one [`PredictionRecord`] per instance, so the request path pays no serialization.
+pub struct LoggedRequest {
+    /// Model name.
+    pub model: String,
+    /// Version that answered.
+    pub version: u64,
+    /// Signature that ran.
+    pub signature: String,
+    /// When it was answered, µs since the Unix epoch (UTC).
+    pub timestamp_us: i64,
+    /// The request's id (the client's, else minted).
+    pub request_id: String,
+    /// Protocol it came through (`tfserving`, `v2_rest`, `v2_grpc`, `batch`).
+    pub protocol: &'static str,
+    /// Where it was made.
+    pub source: Source,
+    /// Each instance's key (`None` only when minting is off and the client sent none).
+    pub keys: Vec<Option<String>>,
+    /// Inputs by name, when logged.
+    pub inputs: Option<Vec<(String, Tensor)>>,
+    /// Outputs by name (after post-processing), when logged.
+    pub outputs: Option<Vec<(String, Tensor)>>,
+    /// Whether axis 0 of the tensors is the instance axis (else the request is one instance).
+    pub batched: bool,
+    /// Time queued for an engine thread, µs.
+    pub queue_us: u64,
+    /// Engine time, µs.
+    pub compute_us: u64,
+    /// Share of instances to keep, 0 to 1, chosen by key.
+    pub sample_rate: f64,
+}
+
+/// One logged instance, as a segment stores it (JSON) and Parquet columns hold it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    /// The instance's key.
+    pub key: Option<String>,
+    /// Model name.
+    pub model: String,
+    /// Version that answered.
+    pub version: u64,
+    /// Signature that ran.
+    pub signature: String,
+    /// µs since the Unix epoch (UTC).
+    pub ts_us: i64,
+    /// The request's id.
+    pub request_id: String,
+    /// Protocol.
+    pub protocol: String,
+    /// Where it was made.
+    pub source: Source,
+    /// Queue time, µs.
+    pub queue_us: u64,
+    /// Engine time, µs.
+    pub compute_us: u64,
+    /// Inputs as a JSON object `{name: value}`.
+    pub inputs: Option<Box<RawValue>>,
+    /// Outputs as a JSON object `{name: value}`.
+    pub outputs: Option<Box<RawValue>>,
+}
+
+impl LoggedRequest {
+    /// The records of the sampled instances, serialized for a segment.
+    pub(crate) fn records(&self) -> Result<Vec<Vec<u8>>, LogError> {
+        let instances = if self.batched { self.keys.len() } else { 1 };
+        let mut out = Vec::with_capacity(instances);
+        for row in 0..instances {
+            let key = self.keys.get(row).cloned().flatten();
+            if !sampled(key.as_deref(), &self.request_id, row, self.sample_rate) {
+                continue;
+            }
+            let view = |tensors: &Option<Vec<(String, Tensor)>>| -> Result<_, LogError> {
+                tensors
+                    .as_ref()
+                    .map(|tensors| {
+                        let instance = Instance {
+                            tensors,
+                            row: self.batched.then_some(row),
+                        };
+                        serde_json::value::to_raw_value(&instance).map_err(encode_error)
+                    })
+                    .transpose()
+            };
+            let record = PredictionRecord {
+                key,
+                model: self.model.clone(),
+                version: self.version,
+                signature: self.signature.clone(),
+                ts_us: self.timestamp_us,
+                request_id: self.request_id.clone(),
+                protocol: self.protocol.to_owned(),
+                source: self.source,
+                queue_us: self.queue_us,
+                compute_us: self.compute_us,
+                inputs: view(&self.inputs)?,
+                outputs: view(&self.outputs)?,
+            };
+            out.push(serde_json::to_vec(&record).map_err(encode_error)?);
+        }
+        Ok(out)
+    }
+}
+
+fn encode_error(e: serde_json::Error) -> LogError {
+    LogError::Parquet {
+        path: Default::default(),
+        message: format!("cannot encode a record: {e}"),
+    }
+}
+
+/// Whether an instance is in the sample: by its key's hash, so a key is always in or always out
+/// (its label can always be joined); an instance without a key hashes its request and position.
+pub fn sampled(key: Option<&str>, request_id: &str, row: usize, rate: f64) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    // FNV-1a: stable across processes and releases (std's hasher is neither promised).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match key {
+        Some(key) => feed(key.as_bytes()),
+        None => {
+            feed(request_id.as_bytes());
+            feed(&row.to_le_bytes());
+        }
+    }
+    // FNV's high bits barely move between similar keys (`key-1`, `key-2`): mix them
+    // (splitmix64's finalizer) before taking the top 53 as a fraction.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    ((hash >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
+/// One instance's tensors as `{name: value}`: row `row` of each, or each whole.
+struct Instance<'a> {
+    tensors: &'a [(String, Tensor)],
+    row: Option<usize>,
+}
+
+impl Serialize for Instance<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.tensors.len()))?;
+        for (name, tensor) in self.tensors {
+            match self.row {
+                Some(row) => map.serialize_entry(name, &RowView { tensor, row })?,
+                None => map.serialize_entry(name, &TensorView(tensor))?,
+            }
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serval_core::TensorData;
+
+    fn request(sample_rate: f64) -> LoggedRequest {
+        let features = Tensor::new(vec![2, 2], TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0])).unwrap();
+        let label = Tensor::new(vec![2], TensorData::Bytes(vec!["a".into(), "b".into()])).unwrap();
+        LoggedRequest {
+            model: "m".into(),
+            version: 3,
+            signature: "serving_default".into(),
+            timestamp_us: 1_700_000_000_000_000,
+            request_id: "r".into(),
+            protocol: "v2_rest",
+            source: Source::Online,
+            keys: vec![Some("k0".into()), None],
+            inputs: Some(vec![("features".into(), features)]),
+            outputs: Some(vec![("label".into(), label)]),
+            batched: true,
+            queue_us: 5,
+            compute_us: 7,
+            sample_rate,
+        }
+    }
+
+    #[test]
+    fn one_record_per_instance_with_its_row() {
+        let records = request(1.0).records().unwrap();
+        assert_eq!(records.len(), 2);
+        let second: PredictionRecord = serde_json::from_slice(&records[1]).unwrap();
+        assert_eq!(second.key, None);
+        assert_eq!(second.inputs.unwrap().get(), r#"{"features":[3.0,4.0]}"#);
+        assert_eq!(second.outputs.unwrap().get(), r#"{"label":"b"}"#);
+        assert_eq!(
+            (second.version, second.queue_us, second.compute_us),
+            (3, 5, 7)
+        );
+    }
+
+    #[test]
+    fn a_request_that_does_not_batch_is_one_record_of_whole_tensors() {
+        let mut r = request(1.0);
+        r.batched = false;
+        let records = r.records().unwrap();
+        assert_eq!(records.len(), 1);
+        let only: PredictionRecord = serde_json::from_slice(&records[0]).unwrap();
+        assert_eq!(
+            only.inputs.unwrap().get(),
+            r#"{"features":[[1.0,2.0],[3.0,4.0]]}"#
+        );
+    }
+
+    #[test]
+    fn sampling_by_key_is_stable_and_near_the_rate() {
+        let kept = (0..10_000)
+            .filter(|i| sampled(Some(&format!("key-{i}")), "r", 0, 0.25))
+            .count();
+        assert!((2_300..2_700).contains(&kept), "{kept}");
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            assert_eq!(
+                sampled(Some(&key), "a", 0, 0.5),
+                sampled(Some(&key), "b", 9, 0.5)
+            );
+        }
+        assert!(request(0.0).records().unwrap().is_empty());
+    }
+}

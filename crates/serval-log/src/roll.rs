@@ -1,0 +1,182 @@
+//! Rolling a closed segment into Parquet: one file per model and UTC date it holds, named after
+//! the segment, so replicas never collide and rolling the same segment twice (a crash between
+//! writing the Parquet and removing the segment) rewrites the same files with the same rows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::LogError;
+use crate::record::PredictionRecord;
+use crate::segment::{self, sync_dir};
+
+/// Folder of the `predictions` table under the log's root.
+pub const PREDICTIONS_DIR: &str = "predictions";
+
+/// The columns of every predictions file. `model` and `date` are not among them: they are the
+/// hive partitions of the path (`model=<m>/date=<YYYY-MM-DD>/`). Inputs and outputs are JSON
+/// text, so files written by versions with different signatures share one schema.
+pub fn predictions_schema() -> SchemaRef {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        text("key", true),
+        Field::new("version", DataType::UInt64, false),
+        text("signature", false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        text("request_id", false),
+        text("protocol", false),
+        text("source", false),
+        Field::new("queue_us", DataType::UInt64, false),
+        Field::new("compute_us", DataType::UInt64, false),
+        text("inputs", true),
+        text("outputs", true),
+    ]))
+}
+
+/// Rolls one segment into Parquet under `root` and removes it. Returns the records rolled.
+pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError> {
+    let recovered = segment::recover(segment_path)?;
+    let mut groups: BTreeMap<(String, String), Vec<PredictionRecord>> = BTreeMap::new();
+    let mut unreadable = 0usize;
+    for payload in &recovered.records {
+        match serde_json::from_slice::<PredictionRecord>(payload) {
+            Ok(record) => {
+                let date = utc_date(record.ts_us);
+                groups
+                    .entry((record.model.clone(), date))
+                    .or_default()
+                    .push(record);
+            }
+            // Checksummed, so only a record from a future format gets here.
+            Err(_) => unreadable += 1,
+        }
+    }
+    if unreadable > 0 {
+        tracing::error!(segment = %segment_path.display(), unreadable, "records of an unknown format were skipped");
+    }
+    let stem = segment_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let mut rolled = 0;
+    for ((model, date), records) in &groups {
+        let dir = root
+            .join(PREDICTIONS_DIR)
+            .join(format!("model={}", partition_value(model)))
+            .join(format!("date={date}"));
+        write_parquet(&dir, stem, records)?;
+        rolled += records.len();
+    }
+    std::fs::remove_file(segment_path).map_err(|e| LogError::io(segment_path, e))?;
+    sync_dir(segment_path)?;
+    Ok(rolled)
+}
+
+/// Writes `records` to `dir/<stem>.parquet` through a temporary file renamed into place, so a
+/// reader never sees half a file.
+fn write_parquet(dir: &Path, stem: &str, records: &[PredictionRecord]) -> Result<(), LogError> {
+    std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+    let path = dir.join(format!("{stem}.parquet"));
+    let tmp = dir.join(format!(".{stem}.parquet.tmp"));
+    let parquet_error = |e: &dyn std::fmt::Display| LogError::Parquet {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let batch = to_batch(records).map_err(|e| parquet_error(&e))?;
+    let file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| parquet_error(&e))?;
+    let written = writer
+        .write(&batch)
+        .and_then(|()| writer.close())
+        .map_err(|e| parquet_error(&e));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| LogError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
+    sync_dir(&path)
+}
+
+fn to_batch(records: &[PredictionRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let n = records.len();
+    let mut key = StringBuilder::with_capacity(n, n * 36);
+    let mut version = UInt64Builder::with_capacity(n);
+    let mut signature = StringBuilder::with_capacity(n, n * 16);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut request_id = StringBuilder::with_capacity(n, n * 36);
+    let mut protocol = StringBuilder::with_capacity(n, n * 8);
+    let mut source = StringBuilder::with_capacity(n, n * 6);
+    let mut queue_us = UInt64Builder::with_capacity(n);
+    let mut compute_us = UInt64Builder::with_capacity(n);
+    let mut inputs = StringBuilder::with_capacity(n, n * 64);
+    let mut outputs = StringBuilder::with_capacity(n, n * 32);
+    for r in records {
+        key.append_option(r.key.as_deref());
+        version.append_value(r.version);
+        signature.append_value(&r.signature);
+        ts.append_value(r.ts_us);
+        request_id.append_value(&r.request_id);
+        protocol.append_value(&r.protocol);
+        source.append_value(r.source.as_str());
+        queue_us.append_value(r.queue_us);
+        compute_us.append_value(r.compute_us);
+        inputs.append_option(r.inputs.as_deref().map(|v| v.get()));
+        outputs.append_option(r.outputs.as_deref().map(|v| v.get()));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(key.finish()),
+        Arc::new(version.finish()),
+        Arc::new(signature.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(request_id.finish()),
+        Arc::new(protocol.finish()),
+        Arc::new(source.finish()),
+        Arc::new(queue_us.finish()),
+        Arc::new(compute_us.finish()),
+        Arc::new(inputs.finish()),
+        Arc::new(outputs.finish()),
+    ];
+    RecordBatch::try_new(predictions_schema(), columns)
+}
+
+/// `YYYY-MM-DD` (UTC) of a µs timestamp.
+fn utc_date(ts_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(ts_us)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "1970-01-01".to_owned())
+}
+
+/// A model name as a path segment: names are already restricted to path-safe characters by the
+/// repository, so this only guards against the separators.
+fn partition_value(model: &str) -> String {
+    model.replace(['/', '\\'], "_")
+}
+
+/// Segments waiting in a write-ahead directory, oldest first.
+pub fn segments_in(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| LogError::io(dir, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    found.sort();
+    Ok(found)
+}

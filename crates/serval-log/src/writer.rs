@@ -1,0 +1,481 @@
+//! The log's writer: a bounded queue from the request path to one writer thread, which appends
+//! records to the current segment and fsyncs them by group commit, and a roller thread that
+//! turns closed segments into Parquet.
+//!
+//! The request path never blocks on the log: a full queue drops the record (buffered mode) or
+//! fails the request (synced mode) at once. Disk trouble never stops predictions either: the
+//! failed segment is closed where it stands (recovery cuts its torn tail), records that could
+//! not be written are counted, and writing resumes in a fresh segment once space returns.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use crate::error::LogError;
+use crate::record::LoggedRequest;
+use crate::roll::{roll_segment, segments_in};
+use crate::segment::SegmentWriter;
+
+/// Folder of the write-ahead directories under a local log root: one per live process.
+pub const WAL_DIR: &str = "_wal";
+
+/// File whose lock marks a write-ahead directory as owned by a live process.
+const LOCK_FILE: &str = "LOCK";
+
+/// Where and how the log writes.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The log's root: `predictions/model=<m>/date=<d>/*.parquet` below it.
+    pub root: PathBuf,
+    /// Where this process's write-ahead directory goes (default `<root>/_wal`); each process
+    /// takes its own `<replica>` folder in it and adopts those of processes that died.
+    pub wal_root: Option<PathBuf>,
+    /// Names this process's files; unique per replica (default hostname and start time).
+    pub replica_id: String,
+    /// Requests the queue holds before records are dropped (buffered) or refused (synced).
+    pub queue_capacity: usize,
+    /// Group commit interval for buffered records.
+    pub sync_interval: Duration,
+    /// A segment is rolled into Parquet past this size...
+    pub roll_bytes: u64,
+    /// ... or this age.
+    pub roll_interval: Duration,
+}
+
+impl LogOptions {
+    /// Defaults for a log at `root`.
+    pub fn new(root: PathBuf) -> LogOptions {
+        LogOptions {
+            root,
+            wal_root: None,
+            replica_id: default_replica_id(),
+            queue_capacity: 10_000,
+            sync_interval: Duration::from_millis(100),
+            roll_bytes: 64 * 1024 * 1024,
+            roll_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Hostname and start time (UTC, to the millisecond): unique per process on a host and across
+/// hosts, and sortable.
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "serval".to_owned());
+    let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
+    sanitize(&format!("{host}-{started}"))
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Whether a request waits for its record to reach the disk.
+pub type Ack = oneshot::Receiver<Result<(), LogError>>;
+
+enum Message {
+    Request(
+        Box<LoggedRequest>,
+        Option<oneshot::Sender<Result<(), LogError>>>,
+    ),
+    Close,
+}
+
+/// Counters of what the log did, for `/stats`-style reporting and tests.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records appended to a segment.
+    pub written: AtomicU64,
+    /// Records dropped (queue full, or a write that failed).
+    pub dropped: AtomicU64,
+    /// Group commits (fsyncs).
+    pub syncs: AtomicU64,
+    /// Records rolled into Parquet.
+    pub rolled: AtomicU64,
+}
+
+/// A durable keyed prediction log.
+pub struct PredictionLog {
+    sender: SyncSender<Message>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Arc<LogStats>,
+    last_drop_warning: AtomicU64,
+    started: Instant,
+}
+
+impl PredictionLog {
+    /// Opens the log: takes a write-ahead directory, rolls segments left by processes that died
+    /// (in the background), and starts the writer.
+    pub fn open(options: LogOptions) -> Result<PredictionLog, LogError> {
+        std::fs::create_dir_all(&options.root).map_err(|e| LogError::io(&options.root, e))?;
+        let wal_root = options
+            .wal_root
+            .clone()
+            .unwrap_or_else(|| options.root.join(WAL_DIR));
+        let wal_dir = wal_root.join(sanitize(&options.replica_id));
+        std::fs::create_dir_all(&wal_dir).map_err(|e| LogError::io(&wal_dir, e))?;
+        let lock = lock_dir(&wal_dir)?.ok_or_else(|| LogError::InUse(wal_dir.clone()))?;
+        let stats = Arc::new(LogStats::default());
+        let (roll_tx, roll_rx) = std::sync::mpsc::channel::<PathBuf>();
+        // Our own folder first (a replica id reused after a crash), then dead processes' folders.
+        for segment in segments_in(&wal_dir)? {
+            let _ = roll_tx.send(segment);
+        }
+        let orphans = adopt_orphans(&wal_root, &wal_dir);
+        let roller = {
+            let root = options.root.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("serval-log-roll".into())
+                .spawn(move || roll_loop(roll_rx, &root, &stats, orphans))
+                .map_err(|e| LogError::io(&wal_dir, e))?
+        };
+        let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity.max(1));
+        let writer = {
+            let stats = stats.clone();
+            let state = Writer {
+                options,
+                wal_dir: wal_dir.clone(),
+                segment: None,
+                opened: Instant::now(),
+                sequence: 0,
+                roll_tx,
+                stats,
+                _lock: lock,
+                last_error: None,
+            };
+            std::thread::Builder::new()
+                .name("serval-log-write".into())
+                .spawn(move || state.run(receiver))
+                .map_err(|e| LogError::io(&wal_dir, e))?
+        };
+        Ok(PredictionLog {
+            sender,
+            threads: Mutex::new(vec![writer, roller]),
+            stats,
+            last_drop_warning: AtomicU64::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    /// Queues a request's records. `synced`: the returned [`Ack`] resolves after their group
+    /// commit, and a full queue is an error; otherwise a full queue drops them (counted).
+    pub fn submit(&self, request: LoggedRequest, synced: bool) -> Result<Option<Ack>, LogError> {
+        let (ack_tx, ack_rx) = if synced {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let model = request.model.clone();
+        match self
+            .sender
+            .try_send(Message::Request(Box::new(request), ack_tx))
+        {
+            Ok(()) => Ok(ack_rx),
+            Err(TrySendError::Full(_)) => {
+                self.count_drop(&model, "queue_full");
+                Err(LogError::QueueFull)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
+        }
+    }
+
+    /// Counts a request's records as dropped, warning at most once every ten seconds.
+    fn count_drop(&self, model: &str, reason: &'static str) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("serval_prediction_log_dropped_total", "model" => model.to_owned(), "reason" => reason).increment(1);
+        let now = self.started.elapsed().as_secs() + 10;
+        let last = self.last_drop_warning.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_drop_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                model,
+                reason,
+                "prediction log records dropped (counted in serval_prediction_log_dropped_total)"
+            );
+        }
+    }
+
+    /// What the log did so far.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    /// Writes out everything queued, rolls every segment into Parquet and stops.
+    pub fn close(&self) {
+        let _ = self.sender.send(Message::Close);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PredictionLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Takes the lock of a write-ahead directory: `None` when a live process holds it.
+fn lock_dir(dir: &Path) -> Result<Option<File>, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::create(&path).map_err(|e| LogError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(LogError::io(&path, e)),
+    }
+}
+
+/// The write-ahead directories of processes that died (their lock is free), locked for the
+/// roller, which rolls their segments and removes them.
+fn adopt_orphans(wal_root: &Path, own: &Path) -> Vec<(PathBuf, File)> {
+    let Ok(entries) = std::fs::read_dir(wal_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p != own)
+        .filter_map(|dir| match lock_dir(&dir) {
+            Ok(Some(lock)) => Some((dir, lock)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rolls segments as the writer closes them, then the orphans', retrying what fails (disk full)
+/// until the writer closes; what is left stays for the next start.
+fn roll_loop(
+    segments: Receiver<PathBuf>,
+    root: &Path,
+    stats: &LogStats,
+    orphans: Vec<(PathBuf, File)>,
+) {
+    let mut pending: Vec<PathBuf> = Vec::new();
+    for (dir, _lock) in &orphans {
+        pending.extend(segments_in(dir).unwrap_or_default());
+    }
+    let roll = |pending: &mut Vec<PathBuf>| {
+        pending.retain(|segment| match roll_segment(segment, root) {
+            Ok(n) => {
+                stats.rolled.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::debug!(segment = %segment.display(), records = n, "segment rolled into Parquet");
+                false
+            }
+            Err(e) => {
+                metrics::counter!("serval_prediction_log_errors_total", "reason" => e.reason()).increment(1);
+                tracing::error!(segment = %segment.display(), error = %e, "cannot roll a segment into Parquet yet; will retry");
+                true
+            }
+        });
+    };
+    roll(&mut pending);
+    for (dir, lock) in orphans {
+        if segments_in(&dir).is_ok_and(|s| s.is_empty()) {
+            drop(lock);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    loop {
+        match segments.recv_timeout(Duration::from_secs(5)) {
+            Ok(segment) => pending.push(segment),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                roll(&mut pending);
+                return;
+            }
+        }
+        roll(&mut pending);
+    }
+}
+
+struct Writer {
+    options: LogOptions,
+    wal_dir: PathBuf,
+    segment: Option<SegmentWriter>,
+    opened: Instant,
+    sequence: u64,
+    roll_tx: std::sync::mpsc::Sender<PathBuf>,
+    stats: Arc<LogStats>,
+    /// Held for the writer's life: the directory is ours while it runs.
+    _lock: File,
+    /// The last write error's reason, so a lasting condition is logged once, not per group.
+    last_error: Option<&'static str>,
+}
+
+/// Records whose acknowledgement waits for the next group commit.
+type Waiting = Vec<oneshot::Sender<Result<(), LogError>>>;
+
+impl Writer {
+    fn run(mut self, queue: Receiver<Message>) {
+        let mut waiting: Waiting = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut dirty = false;
+        loop {
+            let wait = self
+                .options
+                .sync_interval
+                .saturating_sub(last_sync.elapsed());
+            let first = match queue.recv_timeout(wait) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Message::Close),
+            };
+            let mut closing = false;
+            // Take everything queued behind it: one commit for the whole group.
+            let mut next = first;
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Request(request, ack) => {
+                        let result = self.append(&request);
+                        dirty |= result.is_ok();
+                        match (ack, result) {
+                            (Some(ack), Ok(())) => waiting.push(ack),
+                            (Some(ack), Err(e)) => {
+                                let _ = ack.send(Err(e));
+                            }
+                            (None, _) => {}
+                        }
+                    }
+                    Message::Close => closing = true,
+                }
+                if closing || waiting.len() >= 4096 {
+                    break;
+                }
+                next = queue.try_recv().ok();
+            }
+            // Synced requests are committed as soon as the queue is drained (group commit);
+            // buffered ones at the interval.
+            if !waiting.is_empty()
+                || (dirty && last_sync.elapsed() >= self.options.sync_interval)
+                || closing
+            {
+                self.commit(&mut waiting);
+                last_sync = Instant::now();
+                dirty = false;
+            }
+            if closing {
+                self.roll_current();
+                return;
+            }
+            if self.segment.as_ref().is_some_and(|s| {
+                s.bytes() >= self.options.roll_bytes
+                    || self.opened.elapsed() >= self.options.roll_interval
+            }) {
+                self.commit(&mut waiting);
+                self.roll_current();
+            }
+        }
+    }
+
+    fn append(&mut self, request: &LoggedRequest) -> Result<(), LogError> {
+        let records = request.records()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let written = self.current()?;
+        let result = records.iter().try_for_each(|r| written.append(r));
+        match result {
+            Ok(()) => {
+                self.stats
+                    .written
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                metrics::counter!("serval_prediction_log_records_total", "model" => request.model.clone()).increment(records.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(&e);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("serval_prediction_log_dropped_total", "model" => request.model.clone(), "reason" => e.reason()).increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// The open segment, creating one if needed.
+    fn current(&mut self) -> Result<&mut SegmentWriter, LogError> {
+        if self.segment.is_none() {
+            self.sequence += 1;
+            let millis = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            // Sortable, and unique per replica even across a reused replica id.
+            let name = format!(
+                "{}-{millis:013}-{:06}.seg",
+                sanitize(&self.options.replica_id),
+                self.sequence
+            );
+            match SegmentWriter::create(&self.wal_dir.join(name)) {
+                Ok(segment) => {
+                    self.segment = Some(segment);
+                    self.opened = Instant::now();
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(e);
+                }
+            }
+        }
+        self.segment.as_mut().ok_or(LogError::Closed)
+    }
+
+    /// The group commit: fsyncs the open segment and answers the records waiting for it.
+    fn commit(&mut self, waiting: &mut Waiting) {
+        let result = match &mut self.segment {
+            Some(segment) => segment.sync(),
+            None => Ok(()),
+        };
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            self.fail(e);
+        } else if self.last_error.take().is_some() {
+            tracing::info!("prediction log writes again");
+        }
+        for ack in waiting.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+    }
+
+    /// Closes the segment after a failed write or sync: whatever is whole in it is kept (the
+    /// roller's recovery cuts the torn tail), and the next record opens a fresh one.
+    fn fail(&mut self, error: &LogError) {
+        metrics::counter!("serval_prediction_log_errors_total", "reason" => error.reason())
+            .increment(1);
+        if self.last_error != Some(error.reason()) {
+            tracing::error!(error = %error, "prediction log cannot write; predictions are still answered, records are dropped and counted");
+            self.last_error = Some(error.reason());
+        }
+        self.roll_current();
+    }
+
+    fn roll_current(&mut self) {
+        if let Some(segment) = self.segment.take() {
+            let _ = self.roll_tx.send(segment.path().to_owned());
+        }
+    }
+}
