@@ -94,9 +94,14 @@ pub struct PredictionRecord {
 }
 
 impl LoggedRequest {
+    /// Instances in the request: one for a model that does not batch.
+    pub fn instances(&self) -> usize {
+        if self.batched { self.keys.len() } else { 1 }
+    }
+
     /// The records of the sampled instances, serialized for a segment.
     pub(crate) fn records(&self) -> Result<Vec<Vec<u8>>, LogError> {
-        let instances = if self.batched { self.keys.len() } else { 1 };
+        let instances = self.instances();
         let mut out = Vec::with_capacity(instances);
         for row in 0..instances {
             let key = self.keys.get(row).cloned().flatten();

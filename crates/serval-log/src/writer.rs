@@ -104,7 +104,7 @@ enum Message {
 pub struct LogStats {
     /// Records appended to a segment.
     pub written: AtomicU64,
-    /// Records dropped (queue full, or a write that failed).
+    /// Records (instances) dropped: queue full, or a write that failed.
     pub dropped: AtomicU64,
     /// Group commits (fsyncs).
     pub syncs: AtomicU64,
@@ -185,24 +185,26 @@ impl PredictionLog {
         } else {
             (None, None)
         };
-        let model = request.model.clone();
         match self
             .sender
             .try_send(Message::Request(Box::new(request), ack_tx))
         {
             Ok(()) => Ok(ack_rx),
-            Err(TrySendError::Full(_)) => {
-                self.count_drop(&model, "queue_full");
+            Err(TrySendError::Full(Message::Request(request, _))) => {
+                self.count_drop(&request, "queue_full");
                 Err(LogError::QueueFull)
             }
+            Err(TrySendError::Full(Message::Close)) => Err(LogError::Closed),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
         }
     }
 
     /// Counts a request's records as dropped, warning at most once every ten seconds.
-    fn count_drop(&self, model: &str, reason: &'static str) {
-        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("serval_prediction_log_dropped_total", "model" => model.to_owned(), "reason" => reason).increment(1);
+    fn count_drop(&self, request: &LoggedRequest, reason: &'static str) {
+        let records = request.instances() as u64;
+        let model = request.model.as_str();
+        self.stats.dropped.fetch_add(records, Ordering::Relaxed);
+        metrics::counter!("serval_prediction_log_dropped_total", "model" => model.to_owned(), "reason" => reason).increment(records);
         let now = self.started.elapsed().as_secs() + 10;
         let last = self.last_drop_warning.load(Ordering::Relaxed);
         if now >= last + 10
@@ -398,20 +400,25 @@ impl Writer {
         if records.is_empty() {
             return Ok(());
         }
-        let written = self.current()?;
-        let result = records.iter().try_for_each(|r| written.append(r));
+        let result = self
+            .current()
+            .and_then(|segment| records.iter().try_for_each(|r| segment.append(r)));
+        let count = records.len() as u64;
+        let model = request.model.clone();
         match result {
             Ok(()) => {
-                self.stats
-                    .written
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                metrics::counter!("serval_prediction_log_records_total", "model" => request.model.clone()).increment(records.len() as u64);
+                self.stats.written.fetch_add(count, Ordering::Relaxed);
+                metrics::counter!("serval_prediction_log_records_total", "model" => model)
+                    .increment(count);
                 Ok(())
             }
             Err(e) => {
-                self.fail(&e);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("serval_prediction_log_dropped_total", "model" => request.model.clone(), "reason" => e.reason()).increment(1);
+                // `current` already closed the segment if it was the one that failed.
+                if self.segment.is_some() {
+                    self.fail(&e);
+                }
+                self.stats.dropped.fetch_add(count, Ordering::Relaxed);
+                metrics::counter!("serval_prediction_log_dropped_total", "model" => model, "reason" => e.reason()).increment(count);
                 Err(e)
             }
         }
