@@ -103,14 +103,16 @@ def test_kill_9_under_load_loses_no_acknowledged_prediction_in_synced_mode(tmp_p
     threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
-    deadline = time.time() + 30
-    while len(acknowledged) < 300 and time.time() < deadline:
+    # Enough traffic that the kill lands mid-stream; a count, not a rate, so a slow machine
+    # only takes longer.
+    deadline = time.time() + 60
+    while len(acknowledged) < 100 and time.time() < deadline:
         time.sleep(0.05)
     server.kill()  # SIGKILL: no shutdown, no roll
     stop.set()
     for t in threads:
         t.join(timeout=10)
-    assert len(acknowledged) >= 300, server.stderr_text()
+    assert len(acknowledged) >= 100, server.stderr_text()
     # The dead process's segments are still write-ahead, not Parquet.
     assert list((log / "_wal").rglob("*.seg")), "segments should survive kill -9"
     # A restarted server adopts the dead process's folder and rolls it; a clean stop rolls its own.
