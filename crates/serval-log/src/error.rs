@@ -32,6 +32,9 @@ pub enum LogError {
         /// Why.
         message: String,
     },
+    /// A record could not be encoded as JSON (a bug: tensors always encode).
+    #[error("cannot encode a log record: {0}")]
+    Encode(String),
     /// The record queue is full (in synced mode the request fails instead of being dropped).
     #[error("the prediction log's queue is full: it cannot keep up")]
     QueueFull,
@@ -65,6 +68,7 @@ impl LogError {
             LogError::RecordTooLarge(_) => "record_too_large",
             LogError::InUse(_) => "in_use",
             LogError::Parquet { .. } => "parquet",
+            LogError::Encode(_) => "encode",
             LogError::QueueFull => "queue_full",
             LogError::Closed => "closed",
         }

@@ -141,10 +141,7 @@ impl LoggedRequest {
 }
 
 fn encode_error(e: serde_json::Error) -> LogError {
-    LogError::Parquet {
-        path: Default::default(),
-        message: format!("cannot encode a record: {e}"),
-    }
+    LogError::Encode(e.to_string())
 }
 
 /// Whether an instance is in the sample: by its key's hash, so a key is always in or always out
