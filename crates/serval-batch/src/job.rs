@@ -677,36 +677,3 @@ impl Output {
         Ok(())
     }
 }
-
-/// Registers a prediction log's `predictions` table (every model; `model` and `date` from the
-/// partition folders). A log with nothing rolled yet is an empty table, not an error.
-pub async fn register_prediction_log(
-    ctx: &SessionContext,
-    root: &std::path::Path,
-) -> Result<(), BatchError> {
-    if !root.is_dir() {
-        return Err(BatchError::Invalid(format!(
-            "--prediction-log {}: no such directory",
-            root.display()
-        )));
-    }
-    let dir = root.join(serval_log::PREDICTIONS_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BatchError::Invalid(format!("{}: {e}", dir.display())))?;
-    let schema = serval_log::predictions_schema();
-    let options = ParquetReadOptions::default()
-        .schema(&schema)
-        .table_partition_cols(vec![
-            (
-                "model".to_owned(),
-                datafusion::arrow::datatypes::DataType::Utf8,
-            ),
-            (
-                "date".to_owned(),
-                datafusion::arrow::datatypes::DataType::Utf8,
-            ),
-        ]);
-    ctx.register_parquet("predictions", format!("{}/", dir.display()), options)
-        .await?;
-    Ok(())
-}

@@ -9,6 +9,7 @@
 
 mod catalog;
 pub mod job;
+pub mod prediction_log;
 pub mod session;
 mod udf;
 

@@ -138,7 +138,7 @@ enum OnErrorArg {
     Null,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -290,7 +290,7 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
             serval_batch::job::register_table(&ctx, name, path, format).await?;
         }
         if let Some(root) = &args.prediction_log {
-            serval_batch::job::register_prediction_log(&ctx, root).await?;
+            serval_batch::prediction_log::register_prediction_log(&ctx, root).await?;
         }
         // One statement at a time: a statement may read what the previous one wrote.
         for statement in serval_batch::session::parse_script(&args.query)? {

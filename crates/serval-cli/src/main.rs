@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batch;
 mod inspect;
+mod labels;
 mod models;
 mod predict;
 mod serve;
@@ -39,6 +40,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Run SQL with `predict(...)` over files and object-store URLs.
     Sql(batch::SqlArgs),
+    /// Ground truth for logged predictions, joined to them by key.
+    #[command(subcommand)]
+    Labels(labels::LabelsCommand),
     /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
     Inspect(inspect::InspectArgs),
 }
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         Command::Models(command) => models::run(command),
         Command::Batch(args) => batch::run(args),
         Command::Sql(args) => batch::run_sql(args),
+        Command::Labels(command) => labels::run(command),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,9 @@
 //! appends one [`PredictionRecord`] per instance to a checksummed write-ahead
 //! [`segment`], fsynced by group commit; closed segments are rolled into Parquet,
 //! `<root>/predictions/model=<m>/date=<YYYY-MM-DD>/<replica>-<segment>.parquet`, which any engine
-//! reads (DataFusion in `serval sql`, pyarrow, Spark).
+//! reads (DataFusion in `serval sql`, pyarrow, Spark). Ground truth takes the same path:
+//! [`PredictionLog::submit_labels`] appends [`LabelBatch`]es to the same segments, rolled into
+//! `<root>/labels/model=<m>/date=<d>/`, to be joined to predictions by key.
 #![deny(missing_docs)]
 
 mod error;
@@ -15,6 +17,8 @@ pub mod segment;
 mod writer;
 
 pub use error::LogError;
-pub use record::{LoggedRequest, PredictionRecord, Source, sampled};
-pub use roll::{PREDICTIONS_DIR, predictions_schema, roll_segment};
+pub use record::{
+    Label, LabelBatch, LabelRecord, LoggedRequest, PredictionRecord, Source, sampled,
+};
+pub use roll::{LABELS_DIR, PREDICTIONS_DIR, labels_schema, predictions_schema, roll_segment};
 pub use writer::{Ack, LogOptions, LogStats, PredictionLog, WAL_DIR, default_replica_id};

@@ -134,10 +134,148 @@ impl LoggedRequest {
                 inputs: view(&self.inputs)?,
                 outputs: view(&self.outputs)?,
             };
-            out.push(serde_json::to_vec(&record).map_err(encode_error)?);
+            out.push(serde_json::to_vec(&Entry::Prediction(record)).map_err(encode_error)?);
         }
         Ok(out)
     }
+}
+
+/// Ground truth for one key, as a client or a file gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    /// The text of the label: a class name, or a number or boolean as written.
+    pub text: String,
+    /// Its numeric value when it has one (a number, `true`/`false` as 1/0, or numeric text),
+    /// so a label joins a class index or a regression output without a cast.
+    pub value: Option<f64>,
+}
+
+impl Label {
+    /// A label from JSON: a string, a finite number or a boolean.
+    pub fn from_json(value: &serde_json::Value) -> Result<Label, String> {
+        match value {
+            serde_json::Value::String(text) => Ok(Label::text(text.clone())),
+            serde_json::Value::Number(n) => match n.as_f64().filter(|v| v.is_finite()) {
+                Some(v) => Ok(Label {
+                    text: n.to_string(),
+                    value: Some(v),
+                }),
+                None => Err(format!("label {n} is not a finite number")),
+            },
+            serde_json::Value::Bool(b) => Ok(Label {
+                text: b.to_string(),
+                value: Some(f64::from(u8::from(*b))),
+            }),
+            other => Err(format!(
+                "label must be a string, a number or a boolean, not {}",
+                json_kind(other)
+            )),
+        }
+    }
+
+    /// A label from text, numeric when the text is a finite number.
+    pub fn text(text: String) -> Label {
+        let value = text.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+        Label { text, value }
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Labels for one model received together: one record per key, all with one timestamp.
+pub struct LabelBatch {
+    /// Model the keys were predicted by.
+    pub model: String,
+    /// When they were received, µs since the Unix epoch (UTC).
+    pub timestamp_us: i64,
+    /// `(key, label)`, a key at most once.
+    labels: Vec<(String, Label)>,
+}
+
+impl LabelBatch {
+    /// Labels received together; of a key given more than once, the last counts (a later label
+    /// replaces an earlier one, here as across batches).
+    pub fn new(model: String, timestamp_us: i64, labels: Vec<(String, Label)>) -> LabelBatch {
+        let mut last: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(labels.len());
+        for (i, (key, _)) in labels.iter().enumerate() {
+            last.insert(key, i);
+        }
+        let keep: Vec<bool> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| last.get(key.as_str()) == Some(&i))
+            .collect();
+        let labels = labels
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(label, keep)| keep.then_some(label))
+            .collect();
+        LabelBatch {
+            model,
+            timestamp_us,
+            labels,
+        }
+    }
+
+    /// Distinct keys labelled.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub(crate) fn records(&self) -> Result<Vec<Vec<u8>>, LogError> {
+        self.labels
+            .iter()
+            .map(|(key, label)| {
+                let record = LabelRecord {
+                    key: key.clone(),
+                    model: self.model.clone(),
+                    label: label.text.clone(),
+                    value: label.value,
+                    ts_us: self.timestamp_us,
+                };
+                serde_json::to_vec(&Entry::Label(record)).map_err(encode_error)
+            })
+            .collect()
+    }
+}
+
+/// One key's label, as a segment stores it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabelRecord {
+    /// The key it labels.
+    pub key: String,
+    /// Model name.
+    pub model: String,
+    /// The label's text.
+    pub label: String,
+    /// Its numeric value, if any.
+    pub value: Option<f64>,
+    /// When it was received, µs since the Unix epoch (UTC).
+    pub ts_us: i64,
+}
+
+/// A segment record: which table it belongs to, and its row. Externally tagged, so a reader
+/// dispatches without buffering (the inputs and outputs stay raw JSON).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Entry {
+    Prediction(PredictionRecord),
+    Label(LabelRecord),
 }
 
 fn encode_error(e: serde_json::Error) -> LogError {
@@ -200,6 +338,7 @@ impl Serialize for Instance<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use serval_core::TensorData;
 
     fn request(sample_rate: f64) -> LoggedRequest {
@@ -227,7 +366,9 @@ mod tests {
     fn one_record_per_instance_with_its_row() {
         let records = request(1.0).records().unwrap();
         assert_eq!(records.len(), 2);
-        let second: PredictionRecord = serde_json::from_slice(&records[1]).unwrap();
+        let Entry::Prediction(second) = serde_json::from_slice(&records[1]).unwrap() else {
+            panic!("a prediction was logged as a label");
+        };
         assert_eq!(second.key, None);
         assert_eq!(second.inputs.unwrap().get(), r#"{"features":[3.0,4.0]}"#);
         assert_eq!(second.outputs.unwrap().get(), r#"{"label":"b"}"#);
@@ -243,11 +384,49 @@ mod tests {
         r.batched = false;
         let records = r.records().unwrap();
         assert_eq!(records.len(), 1);
-        let only: PredictionRecord = serde_json::from_slice(&records[0]).unwrap();
+        let Entry::Prediction(only) = serde_json::from_slice(&records[0]).unwrap() else {
+            panic!("a prediction was logged as a label");
+        };
         assert_eq!(
             only.inputs.unwrap().get(),
             r#"{"features":[[1.0,2.0],[3.0,4.0]]}"#
         );
+    }
+
+    #[test]
+    fn labels_are_text_with_a_numeric_value_when_they_have_one() {
+        let label = |v: serde_json::Value| Label::from_json(&v);
+        assert_eq!(label(json!("setosa")).unwrap().value, None);
+        assert_eq!(label(json!(3.5)).unwrap().text, "3.5");
+        assert_eq!(label(json!(2)).unwrap().value, Some(2.0));
+        assert_eq!(label(json!("2")).unwrap().value, Some(2.0));
+        assert_eq!(label(json!(true)).unwrap().value, Some(1.0));
+        assert!(label(json!(null)).unwrap_err().contains("not null"));
+        assert!(label(json!([1])).unwrap_err().contains("an array"));
+        assert_eq!(Label::text("nan".into()).value, None);
+    }
+
+    #[test]
+    fn label_records_name_their_table_and_the_last_label_of_a_key_counts() {
+        let text = |t: &str| Label::text(t.into());
+        let batch = LabelBatch::new(
+            "m".into(),
+            1,
+            vec![
+                ("k".into(), text("a")),
+                ("j".into(), text("b")),
+                ("k".into(), text("c")),
+            ],
+        );
+        let records = batch.records().unwrap();
+        let labels: Vec<(String, String)> = records
+            .iter()
+            .map(|r| match serde_json::from_slice(r).unwrap() {
+                Entry::Label(l) => (l.key, l.label),
+                Entry::Prediction(_) => panic!("a label was logged as a prediction"),
+            })
+            .collect();
+        assert_eq!(labels, [("j".into(), "b".into()), ("k".into(), "c".into())]);
     }
 
     #[test]

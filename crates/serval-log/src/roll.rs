@@ -1,4 +1,4 @@
-//! Rolling a closed segment into Parquet: one file per model and UTC date it holds, named after
+//! Rolling a closed segment into Parquet: one file per table, model and UTC date it holds, named after
 //! the segment, so replicas never collide and rolling the same segment twice (a crash between
 //! writing the Parquet and removing the segment) rewrites the same files with the same rows.
 
@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -14,11 +16,14 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::LogError;
-use crate::record::PredictionRecord;
+use crate::record::{Entry, LabelRecord, PredictionRecord};
 use crate::segment::{self, sync_dir};
 
 /// Folder of the `predictions` table under the log's root.
 pub const PREDICTIONS_DIR: &str = "predictions";
+
+/// Folder of the `labels` table (ground truth by key) under the log's root.
+pub const LABELS_DIR: &str = "labels";
 
 /// The columns of every predictions file. `model` and `date` are not among them: they are the
 /// hive partitions of the path (`model=<m>/date=<YYYY-MM-DD>/`). Inputs and outputs are JSON
@@ -44,16 +49,46 @@ pub fn predictions_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns of every labels file (`model` and `date` are partitions, as for predictions).
+pub fn labels_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("label_value", DataType::Float64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]))
+}
+
+/// A segment's records sorted into the files they go to.
+#[derive(Default)]
+struct Tables {
+    predictions: BTreeMap<(String, String), Vec<PredictionRecord>>,
+    labels: BTreeMap<(String, String), Vec<LabelRecord>>,
+}
+
 /// Rolls one segment into Parquet under `root` and removes it. Returns the records rolled.
 pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError> {
     let recovered = segment::recover(segment_path)?;
-    let mut groups: BTreeMap<(String, String), Vec<PredictionRecord>> = BTreeMap::new();
+    let mut tables = Tables::default();
     let mut unreadable = 0usize;
     for payload in &recovered.records {
-        match serde_json::from_slice::<PredictionRecord>(payload) {
-            Ok(record) => {
+        match serde_json::from_slice::<Entry>(payload) {
+            Ok(Entry::Prediction(record)) => {
                 let date = utc_date(record.ts_us);
-                groups
+                tables
+                    .predictions
+                    .entry((record.model.clone(), date))
+                    .or_default()
+                    .push(record);
+            }
+            Ok(Entry::Label(record)) => {
+                let date = utc_date(record.ts_us);
+                tables
+                    .labels
                     .entry((record.model.clone(), date))
                     .or_default()
                     .push(record);
@@ -70,12 +105,14 @@ pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError>
         .and_then(|s| s.to_str())
         .unwrap_or("segment");
     let mut rolled = 0;
-    for ((model, date), records) in &groups {
-        let dir = root
-            .join(PREDICTIONS_DIR)
-            .join(format!("model={}", partition_value(model)))
-            .join(format!("date={date}"));
-        write_parquet(&dir, stem, records)?;
+    for ((model, date), records) in &tables.predictions {
+        let dir = partition(root, PREDICTIONS_DIR, model, date);
+        write_parquet(&dir, stem, || predictions_batch(records))?;
+        rolled += records.len();
+    }
+    for ((model, date), records) in &tables.labels {
+        let dir = partition(root, LABELS_DIR, model, date);
+        write_parquet(&dir, stem, || labels_batch(records))?;
         rolled += records.len();
     }
     std::fs::remove_file(segment_path).map_err(|e| LogError::io(segment_path, e))?;
@@ -83,9 +120,19 @@ pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError>
     Ok(rolled)
 }
 
-/// Writes `records` to `dir/<stem>.parquet` through a temporary file renamed into place, so a
+fn partition(root: &Path, table: &str, model: &str, date: &str) -> PathBuf {
+    root.join(table)
+        .join(format!("model={}", partition_value(model)))
+        .join(format!("date={date}"))
+}
+
+/// Writes a batch to `dir/<stem>.parquet` through a temporary file renamed into place, so a
 /// reader never sees half a file.
-fn write_parquet(dir: &Path, stem: &str, records: &[PredictionRecord]) -> Result<(), LogError> {
+fn write_parquet(
+    dir: &Path,
+    stem: &str,
+    batch: impl FnOnce() -> Result<RecordBatch, arrow::error::ArrowError>,
+) -> Result<(), LogError> {
     std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let path = dir.join(format!("{stem}.parquet"));
     let tmp = dir.join(format!(".{stem}.parquet.tmp"));
@@ -93,7 +140,7 @@ fn write_parquet(dir: &Path, stem: &str, records: &[PredictionRecord]) -> Result
         path: path.clone(),
         message: e.to_string(),
     };
-    let batch = to_batch(records).map_err(|e| parquet_error(&e))?;
+    let batch = batch().map_err(|e| parquet_error(&e))?;
     let file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -115,7 +162,30 @@ fn write_parquet(dir: &Path, stem: &str, records: &[PredictionRecord]) -> Result
     sync_dir(&path)
 }
 
-fn to_batch(records: &[PredictionRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn labels_batch(records: &[LabelRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let n = records.len();
+    let mut key = StringBuilder::with_capacity(n, n * 36);
+    let mut label = StringBuilder::with_capacity(n, n * 8);
+    let mut value = Float64Builder::with_capacity(n);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    for r in records {
+        key.append_value(&r.key);
+        label.append_value(&r.label);
+        value.append_option(r.value);
+        ts.append_value(r.ts_us);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(key.finish()),
+        Arc::new(label.finish()),
+        Arc::new(value.finish()),
+        Arc::new(ts.finish()),
+    ];
+    RecordBatch::try_new(labels_schema(), columns)
+}
+
+fn predictions_batch(
+    records: &[PredictionRecord],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = records.len();
     let mut key = StringBuilder::with_capacity(n, n * 36);
     let mut version = UInt64Builder::with_capacity(n);

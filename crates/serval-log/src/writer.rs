@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::error::LogError;
-use crate::record::LoggedRequest;
-use crate::roll::{roll_segment, segments_in};
+use crate::record::{LabelBatch, LoggedRequest};
+use crate::roll::{LABELS_DIR, PREDICTIONS_DIR, roll_segment, segments_in};
 use crate::segment::SegmentWriter;
 
 /// Folder of the write-ahead directories under a local log root: one per live process.
@@ -92,11 +92,37 @@ fn sanitize(id: &str) -> String {
 pub type Ack = oneshot::Receiver<Result<(), LogError>>;
 
 enum Message {
-    Request(
-        Box<LoggedRequest>,
-        Option<oneshot::Sender<Result<(), LogError>>>,
-    ),
+    Append(Rows, Option<oneshot::Sender<Result<(), LogError>>>),
     Close,
+}
+
+/// The rows one message appends: a request's predictions, or labels.
+enum Rows {
+    Predictions(Box<LoggedRequest>),
+    Labels(Box<LabelBatch>),
+}
+
+impl Rows {
+    fn records(&self) -> Result<Vec<Vec<u8>>, LogError> {
+        match self {
+            Rows::Predictions(request) => request.records(),
+            Rows::Labels(labels) => labels.records(),
+        }
+    }
+
+    fn model(&self) -> &str {
+        match self {
+            Rows::Predictions(request) => &request.model,
+            Rows::Labels(labels) => &labels.model,
+        }
+    }
+
+    fn table(&self) -> &'static str {
+        match self {
+            Rows::Predictions(_) => PREDICTIONS_DIR,
+            Rows::Labels(_) => LABELS_DIR,
+        }
+    }
 }
 
 /// Counters of what the log did, for `/stats`-style reporting and tests.
@@ -179,32 +205,41 @@ impl PredictionLog {
     /// Queues a request's records. `synced`: the returned [`Ack`] resolves after their group
     /// commit, and a full queue is an error; otherwise a full queue drops them (counted).
     pub fn submit(&self, request: LoggedRequest, synced: bool) -> Result<Option<Ack>, LogError> {
+        let instances = request.instances() as u64;
+        let model = request.model.clone();
+        self.send(Rows::Predictions(Box::new(request)), synced)
+            .inspect_err(|e| {
+                if matches!(e, LogError::QueueFull) {
+                    self.count_drop(&model, instances, "queue_full");
+                }
+            })
+    }
+
+    /// Queues labels. A full queue is always an error (a label is what its request is for, so it
+    /// is refused, never dropped); `synced`: the returned [`Ack`] resolves after their group commit.
+    pub fn submit_labels(&self, labels: LabelBatch, synced: bool) -> Result<Option<Ack>, LogError> {
+        self.send(Rows::Labels(Box::new(labels)), synced)
+    }
+
+    fn send(&self, rows: Rows, synced: bool) -> Result<Option<Ack>, LogError> {
         let (ack_tx, ack_rx) = if synced {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        match self
-            .sender
-            .try_send(Message::Request(Box::new(request), ack_tx))
-        {
+        match self.sender.try_send(Message::Append(rows, ack_tx)) {
             Ok(()) => Ok(ack_rx),
-            Err(TrySendError::Full(Message::Request(request, _))) => {
-                self.count_drop(&request, "queue_full");
-                Err(LogError::QueueFull)
-            }
+            Err(TrySendError::Full(Message::Append(..))) => Err(LogError::QueueFull),
             Err(TrySendError::Full(Message::Close)) => Err(LogError::Closed),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
         }
     }
 
     /// Counts a request's records as dropped, warning at most once every ten seconds.
-    fn count_drop(&self, request: &LoggedRequest, reason: &'static str) {
-        let records = request.instances() as u64;
-        let model = request.model.as_str();
+    fn count_drop(&self, model: &str, records: u64, reason: &'static str) {
         self.stats.dropped.fetch_add(records, Ordering::Relaxed);
-        metrics::counter!("serval_prediction_log_dropped_total", "model" => model.to_owned(), "reason" => reason).increment(records);
+        metrics::counter!("serval_prediction_log_dropped_total", "model" => model.to_owned(), "reason" => reason, "table" => PREDICTIONS_DIR).increment(records);
         let now = self.started.elapsed().as_secs() + 10;
         let last = self.last_drop_warning.load(Ordering::Relaxed);
         if now >= last + 10
@@ -353,8 +388,8 @@ impl Writer {
             let mut next = first;
             while let Some(message) = next.take() {
                 match message {
-                    Message::Request(request, ack) => {
-                        let result = self.append(&request);
+                    Message::Append(rows, ack) => {
+                        let result = self.append(&rows);
                         dirty |= result.is_ok();
                         match (ack, result) {
                             (Some(ack), Ok(())) => waiting.push(ack),
@@ -395,8 +430,8 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, request: &LoggedRequest) -> Result<(), LogError> {
-        let records = request.records()?;
+    fn append(&mut self, rows: &Rows) -> Result<(), LogError> {
+        let records = rows.records()?;
         if records.is_empty() {
             return Ok(());
         }
@@ -404,11 +439,11 @@ impl Writer {
             .current()
             .and_then(|segment| records.iter().try_for_each(|r| segment.append(r)));
         let count = records.len() as u64;
-        let model = request.model.clone();
+        let model = rows.model().to_owned();
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
-                metrics::counter!("serval_prediction_log_records_total", "model" => model)
+                metrics::counter!("serval_prediction_log_records_total", "model" => model, "table" => rows.table())
                     .increment(count);
                 Ok(())
             }
@@ -418,7 +453,7 @@ impl Writer {
                     self.fail(&e);
                 }
                 self.stats.dropped.fetch_add(count, Ordering::Relaxed);
-                metrics::counter!("serval_prediction_log_dropped_total", "model" => model, "reason" => e.reason()).increment(count);
+                metrics::counter!("serval_prediction_log_dropped_total", "model" => model, "reason" => e.reason(), "table" => rows.table()).increment(count);
                 Err(e)
             }
         }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serval_core::{Tensor, TensorData};
-use serval_log::{LogOptions, LoggedRequest, PREDICTIONS_DIR, PredictionLog, Source, WAL_DIR};
+use serval_log::{
+    LABELS_DIR, Label, LabelBatch, LogOptions, LoggedRequest, PREDICTIONS_DIR, PredictionLog,
+    Source, WAL_DIR,
+};
 
 fn request(keys: &[&str]) -> LoggedRequest {
     let n = keys.len();
@@ -40,11 +43,13 @@ fn options(root: &Path, replica: &str) -> LogOptions {
 
 /// Every key in the Parquet files under the predictions table.
 fn logged_keys(root: &Path) -> Vec<String> {
+    column_values(&root.join(PREDICTIONS_DIR), "key")
+}
+
+/// One text column's values across a table's files for model `iris` on 2025-12-02, sorted.
+fn column_values(table: &Path, column: &str) -> Vec<String> {
     let mut keys = Vec::new();
-    let dir = root
-        .join(PREDICTIONS_DIR)
-        .join("model=iris")
-        .join("date=2025-12-02");
+    let dir = table.join("model=iris").join("date=2025-12-02");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "parquet") {
@@ -57,7 +62,7 @@ fn logged_keys(root: &Path) -> Vec<String> {
             .unwrap()
         {
             let batch = batch.unwrap();
-            let column = batch.column_by_name("key").unwrap();
+            let column = batch.column_by_name(column).unwrap();
             let strings = column
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
@@ -84,6 +89,28 @@ fn synced_records_are_acknowledged_and_rolled_into_parquet_on_close() {
             .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
+}
+
+#[test]
+fn labels_share_the_segments_and_roll_into_their_own_table() {
+    let root = tempfile::tempdir().unwrap();
+    let log = PredictionLog::open(options(root.path(), "a")).unwrap();
+    log.submit(request(&["k1"]), false).unwrap();
+    let labels = LabelBatch::new(
+        "iris".into(),
+        1_764_633_600_000_001,
+        vec![
+            ("k1".into(), Label::text("setosa".into())),
+            ("k9".into(), Label::text("3.5".into())),
+        ],
+    );
+    let ack = log.submit_labels(labels, true).unwrap().unwrap();
+    ack.blocking_recv().unwrap().unwrap();
+    log.close();
+    assert_eq!(logged_keys(root.path()), ["k1"]);
+    let labels = root.path().join(LABELS_DIR);
+    assert_eq!(column_values(&labels, "key"), ["k1", "k9"]);
+    assert_eq!(column_values(&labels, "label"), ["3.5", "setosa"]);
 }
 
 #[test]

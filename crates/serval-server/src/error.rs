@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The model is not loaded or not ready.
     #[error("{0}")]
     Unavailable(String),
+    /// The request needs a feature this server was started without.
+    #[error("{0}")]
+    NotEnabled(String),
 }
 
 impl ServerError {
@@ -51,6 +54,7 @@ impl ServerError {
             ServerError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServerError::Overloaded(_) | ServerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServerError::NotEnabled(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -85,6 +89,7 @@ impl From<ServerError> for tonic::Status {
             }
             StatusCode::GATEWAY_TIMEOUT => tonic::Status::deadline_exceeded(message),
             StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(message),
+            StatusCode::NOT_IMPLEMENTED => tonic::Status::unimplemented(message),
             _ => tonic::Status::internal(message),
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serval_core::config::Durability;
 use serval_core::{Model, Tensor, TensorData, ValidInputs};
-use serval_log::{LogError, LoggedRequest, PredictionLog, Source};
+use serval_log::{Ack, Label, LabelBatch, LogError, LoggedRequest, PredictionLog, Source};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -352,6 +352,32 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Records ground truth for keys of `model`, with the durability its predictions have
+    /// (synced for a model known but not served now: its configuration is not at hand).
+    pub async fn record_labels(&self, model: &str, labels: Vec<(String, Label)>) -> Result<()> {
+        let Some(log) = &self.log else {
+            return Err(ServerError::NotEnabled(
+                "this server keeps no prediction log, so it cannot take labels: start it with \
+                 --prediction-log DIR"
+                    .into(),
+            ));
+        };
+        let durability = match self.store.model(model) {
+            Ok(served) => served.config.logging.durability,
+            Err(_) if self.store.index().iter().any(|s| s.name == model) => Durability::Synced,
+            Err(e) => return Err(e),
+        };
+        let batch = LabelBatch::new(model.to_owned(), now_us(), labels);
+        let unwritten = |e: LogError| {
+            ServerError::Unavailable(format!("the labels were not recorded: {e}; retry later"))
+        };
+        committed(log.submit_labels(batch, durability == Durability::Synced))
+            .await
+            .map_err(unwritten)
+    }
+}
+
 /// Hands a prediction to the log. Buffered: never fails the request (a full queue drops the
 /// record, counted). Synced: answers only once the record is on disk, else 503.
 async fn record(log: &PredictionLog, request: LoggedRequest, durability: Durability) -> Result<()> {
@@ -365,15 +391,19 @@ async fn record(log: &PredictionLog, request: LoggedRequest, durability: Durabil
              \"synced\"): {e}"
         ))
     };
-    match log.submit(request, synced) {
-        Ok(None) => Ok(()),
-        Ok(Some(ack)) => match ack.await {
-            Ok(written) => written.map_err(unlogged),
-            Err(_) => Err(unlogged(LogError::Closed)),
-        },
+    match committed(log.submit(request, synced)).await {
+        Ok(()) => Ok(()),
         Err(e) if synced => Err(unlogged(e)),
         // Buffered: counted by the log, the prediction stands.
         Err(_) => Ok(()),
+    }
+}
+
+/// Waits for a submitted write's group commit, when it has one to wait for.
+async fn committed(submitted: Result<Option<Ack>, LogError>) -> Result<(), LogError> {
+    match submitted? {
+        None => Ok(()),
+        Some(ack) => ack.await.unwrap_or(Err(LogError::Closed)),
     }
 }
 

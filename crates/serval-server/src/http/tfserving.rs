@@ -99,6 +99,50 @@ async fn get_model(State(state): State<AppState>, Path(rest): Path<String>) -> R
     json_ok(&json!({ "model_version_status": statuses }))
 }
 
+/// `POST /v1/models/<m>/labels` with `{"labels": [{"key": k, "label": l}, ...]}`: ground truth
+/// for predictions made earlier, joined to them by key. All entries or none are recorded.
+async fn post_labels(
+    state: AppState,
+    model: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LabelsRequest {
+        labels: Vec<Map<String, Value>>,
+    }
+    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let request: LabelsRequest = parse_json(&bytes)?;
+    let mut labels = Vec::with_capacity(request.labels.len());
+    for (i, entry) in request.labels.iter().enumerate() {
+        let bad = |why: String| {
+            ServerError::BadRequest(format!(
+                "labels[{i}]: {why}; no label of this request was recorded"
+            ))
+        };
+        if let Some(field) = entry.keys().find(|k| *k != "key" && *k != "label") {
+            return Err(bad(format!(
+                "unknown field '{field}' (expected 'key' and 'label')"
+            )));
+        }
+        let key = match entry.get("key") {
+            Some(Value::String(key)) if !key.is_empty() => key.clone(),
+            Some(Value::String(_)) => return Err(bad("'key' is empty".into())),
+            Some(_) => return Err(bad("'key' must be a string".into())),
+            None => return Err(bad("'key' is missing".into())),
+        };
+        let label = entry
+            .get("label")
+            .ok_or_else(|| bad("'label' is missing".into()))
+            .and_then(|v| serval_log::Label::from_json(v).map_err(bad))?;
+        labels.push((key, label));
+    }
+    let accepted = labels.len();
+    state.pipeline.record_labels(model, labels).await?;
+    json_ok(&json!({ "accepted": accepted }))
+}
+
 fn metadata_json(served_model: &ServedModel, model: &serval_core::Model) -> Value {
     let tensor_info = |specs: &[serval_core::TensorSpec]| -> Value {
         specs
@@ -137,6 +181,9 @@ async fn post_model(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    if let Some(model) = rest.strip_suffix("/labels").filter(|m| !m.contains('/')) {
+        return post_labels(state, model, headers, body).await;
+    }
     let Some((path, verb)) = rest.rsplit_once(':') else {
         return Err(ServerError::NotFound(format!(
             "no route for POST /v1/models/{rest}; use :predict"
