@@ -162,3 +162,38 @@ def test_sql_reads_the_log(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| 5 " in out.stdout, out.stdout
+
+
+def test_sql_has_a_typed_table_per_logged_model(tmp_path):
+    from test_labels import sql
+    log = tmp_path / "log"
+    repo = repo_with(tmp_path, "")
+    shutil.copytree(REPO / "breast_cancer_lr", repo / "breast_cancer_lr")
+    breast_row = [float(x) for x in (REPO.parent / "data" / "breast_cancer.csv").read_text()
+                  .splitlines()[1].split(",")[1:31]]
+    server = ServalServer("--prediction-log", str(log), repo=repo)
+    try:
+        iris = requests.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2_body("i-1"), timeout=10)
+        assert iris.status_code == 200, iris.text
+        screening = requests.post(f"{server.url}/v1/models/breast_cancer_lr:predict", json={
+            "signature_name": "screening", "instances": [{"key": "b-1", "features": breast_row}]}, timeout=10)
+        assert screening.status_code == 200, screening.text
+        labels = requests.post(f"{server.url}/v1/models/{MODEL}/labels",
+                               json={"labels": [{"key": "i-1", "label": 0}]}, timeout=10)
+        assert labels.status_code == 200, labels.text
+    finally:
+        assert server.terminate() == 0, server.stderr_text()
+    # Columns typed as `serval batch` writes them: the model's own types, not JSON text.
+    assert sql(log, "SELECT arrow_typeof(features), arrow_typeof(label), arrow_typeof(probabilities) "
+                    f"FROM {MODEL}") == [["FixedSizeList(4 x Float32)", "Int64", "FixedSizeList(3 x Float32)"]]
+    [[key, label, p0]] = sql(log, f"SELECT key, label, probabilities[1] FROM {MODEL}")
+    outputs = {o["name"]: o["data"] for o in iris.json()["outputs"]}
+    assert (key, int(label)) == ("i-1", outputs["label"][0])
+    assert float(p0) == pytest.approx(outputs["probabilities"][0], rel=1e-6)
+    assert sql(log, f"SELECT features[4] FROM {MODEL}") == [["0.2"]]
+    # Another signature's outputs are columns too; a record of another signature has them null.
+    [[key, signature, diagnosis]] = sql(log, "SELECT key, signature, diagnosis FROM breast_cancer_lr")
+    assert (key, signature, diagnosis) == ("b-1", "screening", screening.json()["predictions"][0]["diagnosis"])
+    # A model's predictions and their labels: accuracy in one query.
+    assert sql(log, f"SELECT avg(CASE WHEN p.label = l.label_value THEN 1.0 ELSE 0.0 END) FROM {MODEL} p "
+                    "JOIN labels l ON l.model = 'iris_lr' AND l.key = p.key") == [["1.0"]]

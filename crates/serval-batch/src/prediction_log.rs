@@ -3,15 +3,29 @@
 //!
 //! Tables: `predictions` (every model's records), `label_history` (every label received),
 //! `labels` (the latest label of each model's key: a later label replaces an earlier one) and
-//! `orphan_labels` (labels of keys that have no logged prediction).
+//! `orphan_labels` (labels of keys that have no logged prediction), and one typed table per
+//! model ([`register_model_tables`]).
 
-use datafusion::arrow::array::{Array, AsArray};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float64Array, ListArray,
+    StringArray, StructArray, make_array,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type};
+use datafusion::common::{TableReference, exec_datafusion_err};
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, col,
+    lit,
+};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::TryStreamExt;
+use serval_core::{Model, Signature as ModelSignature, TensorSpec};
 use serval_log::Label;
 
 use crate::BatchError;
@@ -153,4 +167,267 @@ pub async fn read_labels(
         }
     }
     Ok(labels)
+}
+
+/// Columns every model's typed table starts with, from `predictions`.
+const RECORD_COLUMNS: [&str; 10] = [
+    "key",
+    "version",
+    "signature",
+    "ts",
+    "request_id",
+    "protocol",
+    "source",
+    "queue_us",
+    "compute_us",
+    "date",
+];
+
+/// Registers one typed table per model with logged predictions and a place in the repository,
+/// named after it: the record columns, then one column per input and per output, typed as
+/// `serval batch` writes them (a scalar, a fixed-size list, a list). Columns come from the
+/// signatures of the model's default version; a field an older record lacks is null. An input
+/// or output whose name another column has is prefixed `input_`/`output_`. Returns the models
+/// left out, with why (not in the repository, a name taken by another table).
+pub async fn register_model_tables(
+    ctx: &SessionContext,
+    catalog: &crate::ModelCatalog,
+    root: &std::path::Path,
+) -> Result<Vec<(String, String)>, BatchError> {
+    let dir = root.join(serval_log::PREDICTIONS_DIR);
+    let mut logged: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| BatchError::Invalid(format!("{}: {e}", dir.display())))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("model=").map(str::to_owned)
+        })
+        .collect();
+    logged.sort();
+    let mut skipped = Vec::new();
+    for model in logged {
+        let reference = TableReference::bare(model.as_str());
+        if ctx.table_exist(reference.clone())? {
+            skipped.push((model, "a table of that name exists".to_owned()));
+            continue;
+        }
+        let loaded = match catalog.get(&model, None) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                skipped.push((model, e.to_string()));
+                continue;
+            }
+        };
+        let table = typed_table(ctx, &loaded).await?;
+        ctx.register_table(reference, table.into_view())?;
+    }
+    Ok(skipped)
+}
+
+async fn typed_table(ctx: &SessionContext, model: &Model) -> Result<DataFrame, BatchError> {
+    let batched = model.is_batchable();
+    let fields = |side: fn(&ModelSignature) -> &[TensorSpec]| -> Fields {
+        let mut seen = std::collections::HashSet::new();
+        model
+            .signatures()
+            .iter()
+            .flat_map(side)
+            .filter(|spec| seen.insert(spec.name.clone()))
+            .map(|spec| Field::new(&spec.name, instance_type(spec, batched), true))
+            .collect()
+    };
+    let inputs = fields(|s| &s.inputs);
+    let outputs = fields(|s| &s.outputs);
+    let mut taken: std::collections::HashSet<String> =
+        RECORD_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    let mut exprs: Vec<Expr> = RECORD_COLUMNS.iter().map(|c| col(*c)).collect();
+    for (side, fields) in [("inputs", &inputs), ("outputs", &outputs)] {
+        let decoded = ScalarUDF::from(LoggedTensorsUdf::new(
+            format!("serval_{side}_of_{}", model.name()),
+            fields.clone(),
+        ))
+        .call(vec![col(side)]);
+        let prefix = if side == "inputs" {
+            "input_"
+        } else {
+            "output_"
+        };
+        let clashes: std::collections::HashSet<&str> = fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| {
+                taken.contains(*name)
+                    || (side == "inputs" && outputs.iter().any(|o| o.name() == name))
+            })
+            .collect();
+        for field in fields.iter() {
+            let name = field.name();
+            let alias = if clashes.contains(name.as_str()) {
+                format!("{prefix}{name}")
+            } else {
+                name.clone()
+            };
+            taken.insert(alias.clone());
+            exprs.push(get_field(decoded.clone(), name.as_str()).alias(alias));
+        }
+    }
+    Ok(ctx
+        .table("predictions")
+        .await?
+        .filter(col("model").eq(lit(model.name())))?
+        .select(exprs)?)
+}
+
+/// The Arrow type of one logged instance of a tensor, as `serval batch` types the column: a
+/// model that does not batch logs whole tensors, so every axis is the instance's.
+fn instance_type(spec: &TensorSpec, batched: bool) -> DataType {
+    if batched {
+        return serval_arrow::row_type(spec);
+    }
+    let with_instance_axis = TensorSpec {
+        shape: std::iter::once(None)
+            .chain(spec.shape.iter().copied())
+            .collect(),
+        ..spec.clone()
+    };
+    serval_arrow::row_type(&with_instance_axis)
+}
+
+/// Decodes a log's `inputs` or `outputs` JSON text (`{name: value}` per record) into a struct of
+/// typed columns: one parse per record, whatever the number of fields. A record without the
+/// field, or whose value does not fit the column's shape, has a null there.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct LoggedTensorsUdf {
+    name: String,
+    fields: Fields,
+    signature: Signature,
+}
+
+impl LoggedTensorsUdf {
+    fn new(name: String, fields: Fields) -> LoggedTensorsUdf {
+        LoggedTensorsUdf {
+            name,
+            fields,
+            // Volatile: the optimizer must not inline it once per field taken from it.
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for LoggedTensorsUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Struct(self.fields.clone()))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let texts = args
+            .args
+            .into_iter()
+            .next()
+            .ok_or_else(|| exec_datafusion_err!("{} takes one argument", self.name))?
+            .into_array(args.number_rows)?;
+        let texts = texts.as_string::<i32>();
+        let records: Vec<serde_json::Map<String, serde_json::Value>> = texts
+            .iter()
+            .map(|text| {
+                text.and_then(|t| serde_json::from_str(t).ok())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let columns = self
+            .fields
+            .iter()
+            .map(|field| {
+                let values = records.iter().map(|r| r.get(field.name()));
+                typed_column(values, field.data_type())
+            })
+            .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
+        Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
+            self.fields.clone(),
+            columns,
+            None,
+        )?)))
+    }
+}
+
+/// One column of `row_type` from each record's JSON value (nested arrays are flattened in
+/// row-major order, as a tensor's row is).
+fn typed_column<'a>(
+    values: impl Iterator<Item = Option<&'a serde_json::Value>>,
+    row_type: &DataType,
+) -> datafusion::common::Result<ArrayRef> {
+    let (item, width) = match row_type {
+        DataType::FixedSizeList(f, len) => (f.data_type().clone(), Some(*len as usize)),
+        DataType::List(f) => (f.data_type().clone(), None),
+        other => (other.clone(), Some(1)),
+    };
+    let mut leaves: Vec<&serde_json::Value> = Vec::new();
+    let mut lengths: Vec<usize> = Vec::new();
+    let mut valid: Vec<bool> = Vec::new();
+    let mut row: Vec<&serde_json::Value> = Vec::new();
+    for value in values {
+        row.clear();
+        if let Some(value) = value {
+            flatten_json(value, &mut row);
+        }
+        let fits = value.is_some_and(|v| !v.is_null()) && width.is_none_or(|w| row.len() == w);
+        if fits {
+            leaves.extend(&row);
+            lengths.push(row.len());
+        } else {
+            // A placeholder of the column's width keeps fixed-size rows aligned.
+            let placeholder = width.unwrap_or(0);
+            leaves.extend(std::iter::repeat_n(&serde_json::Value::Null, placeholder));
+            lengths.push(placeholder);
+        }
+        valid.push(fits);
+    }
+    let leaf_array: ArrayRef = if item == DataType::Utf8 {
+        Arc::new(leaves.iter().map(|v| v.as_str()).collect::<StringArray>())
+    } else if item == DataType::Boolean {
+        Arc::new(leaves.iter().map(|v| v.as_bool()).collect::<BooleanArray>())
+    } else {
+        let numbers: Float64Array = leaves.iter().map(|v| v.as_f64()).collect();
+        cast(&numbers, &item)?
+    };
+    let nulls = NullBuffer::from(valid);
+    Ok(match row_type {
+        DataType::FixedSizeList(field, len) => Arc::new(FixedSizeListArray::try_new(
+            field.clone(),
+            *len,
+            leaf_array,
+            Some(nulls),
+        )?),
+        DataType::List(field) => Arc::new(ListArray::try_new(
+            field.clone(),
+            OffsetBuffer::from_lengths(lengths),
+            leaf_array,
+            Some(nulls),
+        )?),
+        _ => {
+            let data = leaf_array
+                .to_data()
+                .into_builder()
+                .nulls(Some(nulls))
+                .build()?;
+            make_array(data)
+        }
+    })
+}
+
+fn flatten_json<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    match value {
+        serde_json::Value::Array(items) => items.iter().for_each(|v| flatten_json(v, out)),
+        leaf => out.push(leaf),
+    }
 }

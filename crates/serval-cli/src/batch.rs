@@ -264,9 +264,11 @@ pub struct SqlArgs {
     /// Register a table: NAME=PATH (file, directory, glob or URL; format from the extension).
     #[arg(long = "table", value_name = "NAME=PATH")]
     tables: Vec<String>,
-    /// Register a prediction log (`serval serve --prediction-log DIR`) as the table
-    /// `predictions`: key, version, signature, ts, request_id, protocol, source, queue_us,
-    /// compute_us, inputs and outputs (JSON text), model, date.
+    /// Register a prediction log (`serval serve --prediction-log DIR`): `predictions` (every
+    /// model: key, version, signature, ts, request_id, protocol, source, queue_us, compute_us,
+    /// inputs and outputs as JSON text, model, date); one table per logged model, named after it,
+    /// with a typed column per input and output; `label_history`, `labels` (the latest label per
+    /// model and key) and `orphan_labels`.
     #[arg(
         long = "prediction-log",
         env = "SERVAL_PREDICTION_LOG",
@@ -280,7 +282,7 @@ pub struct SqlArgs {
 pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
     let catalog = args.engine.catalog(&args.repository)?;
     runtime()?.block_on(async move {
-        let (ctx, report) = serval_batch::batch_session(catalog, args.engine.session());
+        let (ctx, report) = serval_batch::batch_session(catalog.clone(), args.engine.session());
         for table in &args.tables {
             let Some((name, path)) = table.split_once('=') else {
                 bail!("--table {table}: expected NAME=PATH");
@@ -291,6 +293,11 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
         }
         if let Some(root) = &args.prediction_log {
             serval_batch::prediction_log::register_prediction_log(&ctx, root).await?;
+            for (model, why) in
+                serval_batch::prediction_log::register_model_tables(&ctx, &catalog, root).await?
+            {
+                eprintln!("note: no typed table for model '{model}' of the log: {why}");
+            }
         }
         // One statement at a time: a statement may read what the previous one wrote.
         for statement in serval_batch::session::parse_script(&args.query)? {
