@@ -197,3 +197,56 @@ def test_sql_has_a_typed_table_per_logged_model(tmp_path):
     # A model's predictions and their labels: accuracy in one query.
     assert sql(log, f"SELECT avg(CASE WHEN p.label = l.label_value THEN 1.0 ELSE 0.0 END) FROM {MODEL} p "
                     "JOIN labels l ON l.model = 'iris_lr' AND l.key = p.key") == [["1.0"]]
+
+
+def run_batch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(serval_bin()), "batch", str(REPO), "breast_cancer_lr", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_batch_predictions_are_logged_with_the_output_keys(tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    table = pacsv.read_csv(REPO.parent / "data" / "breast_cancer.csv")
+    # No key column: every key is minted, and the log must hold the very keys the output holds.
+    pacsv.write_csv(table.drop_columns(["key"]), tmp_path / "unkeyed.csv")
+    log = tmp_path / "log"
+    log.mkdir()
+    out = run_batch("--input", str(tmp_path / "unkeyed.csv"), "--output", str(tmp_path / "out"),
+                    "--prediction-log", str(log))
+    assert out.returncode == 0, out.stderr
+    output = pq.read_table(tmp_path / "out").to_pylist()
+    records = {r["key"]: r for r in logged(log)}
+    assert set(records) == {row["key"] for row in output} and len(records) == table.num_rows
+    for row in output:
+        record = records[row["key"]]
+        assert (record["source"], record["protocol"], record["version"]) == ("batch", "batch", 1)
+        assert json.loads(record["outputs"])["probabilities"] == pytest.approx(row["probabilities"], rel=1e-6)
+    assert len({r["request_id"] for r in records.values()}) == 1, "one job, one request id"
+    assert not list((log / "_wal").rglob("*.seg")), "the job's log was rolled when it finished"
+
+
+def test_batch_time_column_back_dates_the_log(tmp_path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    table = pacsv.read_csv(REPO.parent / "data" / "breast_cancer.csv")
+    days = [f"2024-03-{1 + i % 3:02d}T12:00:00Z" for i in range(table.num_rows)]
+    pacsv.write_csv(table.append_column("observed", pa.array(days)), tmp_path / "history.csv")
+    log = tmp_path / "log"
+    log.mkdir()
+    out = run_batch("--input", str(tmp_path / "history.csv"), "--output", str(tmp_path / "out"),
+                    "--key", "key", "--features", ",".join(f"f{i}" for i in range(30)),
+                    "--prediction-log", str(log), "--time-column", "observed")
+    assert out.returncode == 0, out.stderr
+    records = logged(log)
+    assert sorted({r["date"] for r in records}) == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    by_key = {r["key"]: r for r in records}
+    for key, day in zip(table.column("key").to_pylist(), days):
+        assert by_key[key]["ts"].isoformat().replace("+00:00", "Z") == day
+    # A time column without a log, or one that is not there, is refused before anything runs.
+    no_log = run_batch("--input", str(tmp_path / "history.csv"), "--output", str(tmp_path / "o2"),
+                       "--time-column", "observed")
+    assert no_log.returncode != 0 and "needs --prediction-log" in no_log.stderr, no_log.stderr
+    missing = run_batch("--input", str(tmp_path / "history.csv"), "--output", str(tmp_path / "o3"),
+                        "--prediction-log", str(log), "--time-column", "when")
+    assert missing.returncode != 0 and "when" in missing.stderr, missing.stderr

@@ -26,7 +26,7 @@ use futures::TryStreamExt;
 use serval_core::manifest::{BatchManifest, MANIFEST_FILE, PredictionColumn};
 use serval_core::{Model, Signature};
 
-use crate::udf::{ERROR_FIELD, OnError, PredictReport};
+use crate::udf::{BatchLog, ERROR_FIELD, LOGGED_PREDICT, OnError, PredictReport, PredictUdf};
 use crate::{BatchError, ModelCatalog, SessionOptions, batch_session};
 
 /// A file format for input or output.
@@ -90,6 +90,11 @@ pub struct BatchJob {
     pub overwrite: bool,
     /// Engine knobs and the row error policy.
     pub session: SessionOptions,
+    /// Also record every predicted row here (`source = batch`, the job's id as request id).
+    pub prediction_log: Option<Arc<serval_log::PredictionLog>>,
+    /// Column holding each row's time for the log (back-testing over history); the job's start
+    /// time when `None`.
+    pub time_column: Option<String>,
 }
 
 /// A planned job: progress can be watched while [`BatchRun::execute`] runs.
@@ -110,7 +115,7 @@ impl BatchRun {
     pub async fn plan(catalog: Arc<ModelCatalog>, job: BatchJob) -> Result<BatchRun, BatchError> {
         let model = catalog.get(&job.model, job.version.as_deref())?;
         let signature = model.signature(job.signature.as_deref())?.clone();
-        let (ctx, report) = batch_session(catalog, job.session);
+        let (ctx, report) = batch_session(catalog.clone(), job.session);
         let format = match job
             .input_format
             .or_else(|| FileFormat::from_extension(input_name(&job.input)))
@@ -133,6 +138,15 @@ impl BatchRun {
             _ => None,
         };
 
+        if let Some(time) = &job.time_column {
+            if job.prediction_log.is_none() {
+                return Err(BatchError::Invalid(
+                    "--time-column sets the time of logged predictions; it needs --prediction-log"
+                        .into(),
+                ));
+            }
+            require_columns(&schema, std::slice::from_ref(time), "--time-column")?;
+        }
         let config = model.config();
         let mint = mint_key(&ctx)?;
         let mint_missing = config.mint_keys.then(|| mint.clone());
@@ -146,6 +160,24 @@ impl BatchRun {
                 key_expr(&schema, &config.key, mint_missing),
             ),
             None => (config.key.clone(), Some(mint.alias(&config.key))),
+        };
+        // Logged keys must be the output's keys: a minted key is minted once, in a projection of
+        // its own that the predicting one reads.
+        let (input, schema, key_expr) = match (&job.prediction_log, key_expr) {
+            (Some(_), Some(key_expr)) => {
+                let staged = input.select(
+                    schema
+                        .fields()
+                        .iter()
+                        .filter(|f| *f.name() != key_column)
+                        .map(|f| col(quoted(f.name())))
+                        .chain([key_expr])
+                        .collect::<Vec<Expr>>(),
+                )?;
+                let schema = staged.schema().clone();
+                (staged, schema, None)
+            }
+            (_, key_expr) => (input, schema, key_expr),
         };
         let features = match &job.features {
             Some(f) => {
@@ -203,8 +235,29 @@ impl BatchRun {
             None => job.model.clone(),
         })];
         args.push(lit(model.version().to_string()));
+        let function = match &job.prediction_log {
+            Some(log) => {
+                let started_us = chrono::Utc::now().timestamp_micros();
+                let logging =
+                    PredictUdf::new(catalog.clone(), job.session.on_error, report.clone()).logging(
+                        BatchLog {
+                            log: log.clone(),
+                            job_id: uuid::Uuid::now_v7().to_string(),
+                            started_us,
+                        },
+                    );
+                ctx.register_udf(logging.into_udf());
+                args.push(col(quoted(&key_column)));
+                args.push(match &job.time_column {
+                    Some(time) => col(quoted(time)),
+                    None => lit(datafusion::common::ScalarValue::Null),
+                });
+                LOGGED_PREDICT
+            }
+            None => "predict",
+        };
         args.extend(features.iter().map(|f| col(quoted(f))));
-        let predict = ctx.udf("predict")?.call(args).alias(PREDICTION);
+        let predict = ctx.udf(function)?.call(args).alias(PREDICTION);
         let plan = input.select(
             projection
                 .iter()

@@ -16,7 +16,9 @@ mod udf;
 pub use catalog::ModelCatalog;
 pub use job::{BatchJob, BatchRun, FileFormat};
 pub use session::{SessionOptions, batch_session};
-pub use udf::{ERROR_FIELD, MintKeyUdf, OnError, PredictReport, PredictUdf};
+pub use udf::{
+    BatchLog, ERROR_FIELD, LOGGED_PREDICT, MintKeyUdf, OnError, PredictReport, PredictUdf,
+};
 
 /// Why a batch job or query failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,14 +9,19 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, StringArray, StructArray, new_null_array};
-use datafusion::arrow::datatypes::{DataType as ArrowType, Field, FieldRef, Fields};
+use datafusion::arrow::array::{ArrayRef, AsArray, StringArray, StructArray, new_null_array};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
+use datafusion::arrow::datatypes::{
+    DataType as ArrowType, Field, FieldRef, Fields, TimeUnit, TimestampMicrosecondType,
+};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
 use serval_core::{Model, Signature as ModelSignature, Tensor, TensorSpec};
+
+use serval_log::{LoggedRequest, PredictionLog, Source};
 
 use crate::catalog::ModelCatalog;
 use serval_arrow::{self as convert, FeatureColumn, RowErrors};
@@ -97,11 +102,31 @@ pub struct PredictUdf {
     catalog: Arc<ModelCatalog>,
     on_error: OnError,
     report: Arc<PredictReport>,
+    log: Option<BatchLog>,
 }
+
+/// Where [`LOGGED_PREDICT`] records what it predicts.
+#[derive(Debug)]
+pub struct BatchLog {
+    /// The prediction log.
+    pub log: Arc<PredictionLog>,
+    /// The request id of every record: the job's id.
+    pub job_id: String,
+    /// The records' time when the input gives none, µs since the Unix epoch (UTC).
+    pub started_us: i64,
+}
+
+/// `predict` that also logs each predicted row in a prediction log (`serval batch
+/// --prediction-log`): `serval_logged_predict(model, version, key, time, values...)`, where
+/// `time` (a timestamp, a date, RFC 3339 text, or null for the job's start) is the record's.
+pub const LOGGED_PREDICT: &str = "serval_logged_predict";
 
 impl PartialEq for PredictUdf {
     fn eq(&self, other: &PredictUdf) -> bool {
-        Arc::ptr_eq(&self.catalog, &other.catalog) && self.on_error == other.on_error
+        Arc::ptr_eq(&self.catalog, &other.catalog)
+            && self.on_error == other.on_error
+            && self.log.as_ref().map(|l| Arc::as_ptr(&l.log))
+                == other.log.as_ref().map(|l| Arc::as_ptr(&l.log))
     }
 }
 
@@ -118,12 +143,15 @@ struct Target {
     model: String,
     signature: Option<String>,
     version: Option<String>,
+    /// Where the key and time arguments of a logging call are.
+    logged_at: Option<usize>,
     first_value: usize,
 }
 
 impl Target {
-    /// Reads the literal model (and optional version) arguments.
-    fn parse(literals: &[Option<&ScalarValue>]) -> Result<Target> {
+    /// Reads the literal model (and optional version) arguments; a logging call's key and time
+    /// follow them.
+    fn parse(literals: &[Option<&ScalarValue>], logging: bool) -> Result<Target> {
         let text = |i: usize| {
             literals
                 .get(i)
@@ -141,7 +169,9 @@ impl Target {
             None => (spec.to_owned(), None),
         };
         let version = text(1).map(str::to_owned);
-        let first_value = if version.is_some() { 2 } else { 1 };
+        let after_version = if version.is_some() { 2 } else { 1 };
+        let logged_at = logging.then_some(after_version);
+        let first_value = after_version + if logging { 2 } else { 0 };
         if literals.len() <= first_value {
             return exec_err!(
                 "predict('{spec}'): no values given; pass the feature columns after the model name"
@@ -151,6 +181,7 @@ impl Target {
             model,
             signature,
             version,
+            logged_at,
             first_value,
         })
     }
@@ -171,7 +202,14 @@ impl PredictUdf {
             catalog,
             on_error,
             report,
+            log: None,
         }
+    }
+
+    /// The [`LOGGED_PREDICT`] variant, recording every predicted row in `log`.
+    pub fn logging(mut self, log: BatchLog) -> PredictUdf {
+        self.log = Some(log);
+        self
     }
 
     /// Wrapped for registration with a session.
@@ -309,7 +347,11 @@ fn bind_inputs(
 
 impl ScalarUDFImpl for PredictUdf {
     fn name(&self) -> &str {
-        "predict"
+        if self.log.is_some() {
+            LOGGED_PREDICT
+        } else {
+            "predict"
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -323,7 +365,7 @@ impl ScalarUDFImpl for PredictUdf {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        let target = Target::parse(args.scalar_arguments)?;
+        let target = Target::parse(args.scalar_arguments, self.log.is_some())?;
         let (_, signature) = self.model(&target)?;
         Ok(Arc::new(Field::new(
             self.name(),
@@ -341,7 +383,7 @@ impl ScalarUDFImpl for PredictUdf {
                 ColumnarValue::Array(_) => None,
             })
             .collect();
-        let target = Target::parse(&literals)?;
+        let target = Target::parse(&literals, self.log.is_some())?;
         let (model, signature) = self.model(&target)?;
         let rows = args.number_rows;
         let mut columns = Vec::new();
@@ -371,12 +413,34 @@ impl ScalarUDFImpl for PredictUdf {
             );
         }
         let ok = errors.ok_rows();
-        let inputs = inputs
+        let inputs: Vec<(String, Tensor)> = inputs
             .into_iter()
             .map(|(n, t)| (n, convert::select_rows(t, &ok)))
             .collect();
+        let logged = match (&self.log, target.logged_at) {
+            (Some(log), Some(at)) => Some((log, LoggedRows::read(&args.args[at..at + 2], rows)?)),
+            _ => None,
+        };
+        let logged_inputs = logged.as_ref().map(|_| inputs.clone());
+        let started = std::time::Instant::now();
         let outputs = self.run(&model, &signature, inputs, &ok, &mut errors)?;
         self.report.record(rows, &errors);
+        if let (Some((log, rows_logged)), Some(inputs), Some(outputs)) =
+            (logged, logged_inputs, &outputs)
+        {
+            let request = rows_logged.request(
+                log,
+                &model,
+                &signature,
+                &ok,
+                inputs,
+                outputs.clone(),
+                started.elapsed(),
+            );
+            log.log
+                .submit_waiting(request)
+                .map_err(|e| exec_datafusion_err!("predict('{}'): {e}", target.model))?;
+        }
         let fields = output_fields(&signature);
         let ok = errors.ok_rows();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(fields.len());
@@ -411,6 +475,81 @@ impl ScalarUDFImpl for PredictUdf {
         arrays.push(Arc::new(errors.reasons()));
         let array = StructArray::try_new(fields, arrays, None)?;
         Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}
+
+/// The key and time of each row of a logging call.
+struct LoggedRows {
+    keys: Vec<Option<String>>,
+    times_us: Vec<Option<i64>>,
+}
+
+impl LoggedRows {
+    fn read(args: &[ColumnarValue], rows: usize) -> Result<LoggedRows> {
+        let [key, time] = args else {
+            return exec_err!("{LOGGED_PREDICT} takes a key and a time after the model");
+        };
+        let keys = cast(&key.to_array(rows)?, &ArrowType::Utf8)?;
+        let keys = keys
+            .as_string::<i32>()
+            .iter()
+            .map(|k| k.map(str::to_owned))
+            .collect();
+        let time = time.to_array(rows)?;
+        let utc = ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        // Not `safe`: a time that does not parse is an error naming it, not a silent null.
+        let strict = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        let times = if time.data_type() == &ArrowType::Null {
+            new_null_array(&utc, rows)
+        } else {
+            cast_with_options(&time, &utc, &strict)
+                .map_err(|e| exec_datafusion_err!("--time-column: {e}"))?
+        };
+        let times_us = times
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .collect();
+        Ok(LoggedRows { keys, times_us })
+    }
+
+    /// The log's request for the rows that were predicted (`ok`, in order).
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        self,
+        log: &BatchLog,
+        model: &Model,
+        signature: &ModelSignature,
+        ok: &[usize],
+        inputs: Vec<(String, Tensor)>,
+        outputs: Vec<(String, Tensor)>,
+        compute: std::time::Duration,
+    ) -> LoggedRequest {
+        let logging = &model.config().logging;
+        LoggedRequest {
+            model: model.name().to_owned(),
+            version: model.version(),
+            signature: signature.name.clone(),
+            timestamp_us: log.started_us,
+            instance_timestamps_us: Some(
+                ok.iter()
+                    .map(|&r| self.times_us[r].unwrap_or(log.started_us))
+                    .collect(),
+            ),
+            request_id: log.job_id.clone(),
+            protocol: "batch",
+            source: Source::Batch,
+            keys: ok.iter().map(|&r| self.keys[r].clone()).collect(),
+            inputs: logging.inputs.then_some(inputs),
+            outputs: logging.outputs.then_some(outputs),
+            // The function deals in rows: axis 0 is the row, whether or not the model batches.
+            batched: true,
+            queue_us: 0,
+            compute_us: compute.as_micros() as u64,
+            sample_rate: logging.sample_rate,
+        }
     }
 }
 

@@ -202,6 +202,8 @@ fn job(input: &Path, output: &Path, on_error: OnError) -> BatchJob {
         features: None,
         overwrite: false,
         session: options(8, on_error),
+        prediction_log: None,
+        time_column: None,
     }
 }
 

@@ -56,6 +56,14 @@ pub struct BatchArgs {
     /// Print the physical plan instead of running.
     #[arg(long)]
     explain: bool,
+    /// Also log every predicted row in this prediction log (`source = batch`, the job's id as
+    /// request id), as `serval serve --prediction-log` does, for continued evaluation.
+    #[arg(long = "prediction-log", value_name = "DIR")]
+    prediction_log: Option<std::path::PathBuf>,
+    /// Column holding each row's time for the log (a timestamp, a date or RFC 3339 text), so a
+    /// job over history back-tests; default: the job's start.
+    #[arg(long, value_name = "COL")]
+    time_column: Option<String>,
 }
 
 /// Knobs shared by `serval batch` and `serval sql`.
@@ -159,8 +167,14 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
         features: args.features,
         overwrite: args.overwrite,
         session: args.engine.session(),
+        prediction_log: match &args.prediction_log {
+            Some(dir) => Some(Arc::new(open_batch_log(dir)?)),
+            None => None,
+        },
+        time_column: args.time_column.clone(),
     };
-    runtime()?.block_on(async move {
+    let log = job.prediction_log.clone();
+    let result = runtime()?.block_on(async move {
         let run = BatchRun::plan(catalog, job).await?;
         if args.explain {
             println!("{}", run.explain().await?);
@@ -188,7 +202,25 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
             eprintln!("  failed row: {reason}");
         }
         Ok(())
-    })
+    });
+    if let Some(log) = log {
+        // Closing writes out and rolls what the job logged: queryable once this returns.
+        log.close();
+        let stats = log.stats();
+        let rolled = stats.rolled.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{rolled} predictions logged, {dropped} could not be");
+        anyhow::ensure!(dropped == 0, "{dropped} predictions could not be logged");
+    }
+    result
+}
+
+/// A prediction log for one batch job: its own write-ahead folder, like a replica's.
+fn open_batch_log(dir: &std::path::Path) -> anyhow::Result<serval_log::PredictionLog> {
+    crate::serve::require_local_log(dir)?;
+    let mut options = serval_log::LogOptions::new(dir.to_owned());
+    options.replica_id = format!("batch-{}", serval_log::default_replica_id());
+    Ok(serval_log::PredictionLog::open(options)?)
 }
 
 /// A progress bar on a terminal, a log line every few seconds otherwise.

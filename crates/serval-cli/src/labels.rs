@@ -40,6 +40,7 @@ pub struct ImportArgs {
 pub fn run(command: LabelsCommand) -> anyhow::Result<()> {
     let LabelsCommand::Import(args) = command;
     let root = &args.prediction_log;
+    crate::serve::require_local_log(root)?;
     anyhow::ensure!(
         root.is_dir(),
         "--prediction-log {}: no such directory",

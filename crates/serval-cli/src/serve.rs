@@ -113,13 +113,7 @@ impl PredictionLogArgs {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
-        if dir.to_string_lossy().contains("://") {
-            anyhow::bail!(
-                "--prediction-log {}: object-store prediction logs are not supported yet; give a \
-                 local directory (a mounted bucket works)",
-                dir.display()
-            );
-        }
+        require_local_log(dir)?;
         anyhow::ensure!(
             self.sync_ms > 0,
             "--prediction-log-sync-ms must be at least 1"
@@ -138,6 +132,17 @@ impl PredictionLogArgs {
         options.queue_capacity = self.queue;
         Ok(Some(options))
     }
+}
+
+/// Refuses an object-store URL as a prediction log, which is not supported yet.
+pub(crate) fn require_local_log(dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !dir.to_string_lossy().contains("://"),
+        "--prediction-log {}: object-store prediction logs are not supported yet; give a local \
+         directory (a mounted bucket works)",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn parse_mount(value: &str) -> Result<(String, PathBuf), String> {

@@ -42,6 +42,9 @@ pub struct LoggedRequest {
     pub signature: String,
     /// When it was answered, µs since the Unix epoch (UTC).
     pub timestamp_us: i64,
+    /// Each instance's own time, overriding `timestamp_us` (`serval batch --time-column`:
+    /// back-testing over history).
+    pub instance_timestamps_us: Option<Vec<i64>>,
     /// The request's id (the client's, else minted).
     pub request_id: String,
     /// Protocol it came through (`tfserving`, `v2_rest`, `v2_grpc`, `batch`).
@@ -125,7 +128,11 @@ impl LoggedRequest {
                 model: self.model.clone(),
                 version: self.version,
                 signature: self.signature.clone(),
-                ts_us: self.timestamp_us,
+                ts_us: self
+                    .instance_timestamps_us
+                    .as_ref()
+                    .and_then(|t| t.get(row).copied())
+                    .unwrap_or(self.timestamp_us),
                 request_id: self.request_id.clone(),
                 protocol: self.protocol.to_owned(),
                 source: self.source,
@@ -349,6 +356,7 @@ mod tests {
             version: 3,
             signature: "serving_default".into(),
             timestamp_us: 1_700_000_000_000_000,
+            instance_timestamps_us: None,
             request_id: "r".into(),
             protocol: "v2_rest",
             source: Source::Online,

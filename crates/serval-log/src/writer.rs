@@ -215,6 +215,14 @@ impl PredictionLog {
             })
     }
 
+    /// Queues a request's records, waiting while the queue is full: for producers that must
+    /// lose nothing and may be slowed (`serval batch`), never for the online path.
+    pub fn submit_waiting(&self, request: LoggedRequest) -> Result<(), LogError> {
+        self.sender
+            .send(Message::Append(Rows::Predictions(Box::new(request)), None))
+            .map_err(|_| LogError::Closed)
+    }
+
     /// Queues labels. A full queue is always an error (a label is what its request is for, so it
     /// is refused, never dropped); `synced`: the returned [`Ack`] resolves after their group commit.
     pub fn submit_labels(&self, labels: LabelBatch, synced: bool) -> Result<Option<Ack>, LogError> {
@@ -269,6 +277,14 @@ impl PredictionLog {
         for thread in threads {
             let _ = thread.join();
         }
+    }
+}
+
+impl std::fmt::Debug for PredictionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionLog")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 

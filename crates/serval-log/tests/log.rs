@@ -20,6 +20,7 @@ fn request(keys: &[&str]) -> LoggedRequest {
         version: 1,
         signature: "serving_default".into(),
         timestamp_us: 1_764_633_600_000_000, // 2025-12-02T00:00:00Z
+        instance_timestamps_us: None,
         request_id: "req".into(),
         protocol: "v2_rest",
         source: Source::Online,

@@ -332,6 +332,7 @@ impl Pipeline {
                 version: model.version(),
                 signature: prediction.signature.clone(),
                 timestamp_us: now_us(),
+                instance_timestamps_us: None,
                 request_id: options.request_id.unwrap_or_else(mint_key),
                 protocol: target.protocol,
                 source: Source::Online,
