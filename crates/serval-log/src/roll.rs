@@ -140,24 +140,29 @@ fn write_parquet(
         path: path.clone(),
         message: e.to_string(),
     };
+    // Encoded in memory, then written: a full or read-only disk is then an I/O error with its
+    // kind (counted as `disk_full`, `not_writable`), not an opaque encoder error.
     let batch = batch().map_err(|e| parquet_error(&e))?;
-    let file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| parquet_error(&e))?;
-    let written = writer
+    let mut encoded = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut encoded, batch.schema(), Some(props))
+        .map_err(|e| parquet_error(&e))?;
+    writer
         .write(&batch)
-        .and_then(|()| writer.close())
-        .map_err(|e| parquet_error(&e));
+        .and_then(|()| writer.close().map(|_| ()))
+        .map_err(|e| parquet_error(&e))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        use std::io::Write;
+        file.write_all(&encoded)?;
+        file.sync_all()
+    });
     if let Err(e) = written {
+        // Never leave half a file behind, even a hidden one.
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        return Err(LogError::io(&tmp, e));
     }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| LogError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
     sync_dir(&path)
 }

@@ -40,9 +40,16 @@ impl SegmentWriter {
             .open(path)
             .map_err(io)?;
         let mut file = BufWriter::with_capacity(256 * 1024, file);
-        file.write_all(MAGIC).map_err(io)?;
-        file.flush().map_err(io)?;
-        file.get_ref().sync_all().map_err(io)?;
+        let started = file
+            .write_all(MAGIC)
+            .and_then(|()| file.flush())
+            .and_then(|()| file.get_ref().sync_all());
+        if let Err(e) = started {
+            // A full disk would otherwise leave one empty file per attempt.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(io(e));
+        }
         sync_dir(path)?;
         Ok(SegmentWriter {
             path: path.to_owned(),
