@@ -210,28 +210,43 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => args.repository.open()?,
     };
-    runtime.block_on(serval_server::serve(&repository, config, shutdown_signal()))?;
+    let shutdown = {
+        let _context = runtime.enter();
+        shutdown_signal()
+    };
+    runtime.block_on(serval_server::serve(&repository, config, shutdown))?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM, whichever comes first. The handlers are installed now, not
+/// when the future is first polled: a SIGTERM right after the ports are announced must still
+/// be a graceful stop (which rolls the prediction log), not the default death.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                () = received(terminate.as_mut()) => {},
+                () = received(interrupt.as_mut()) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Waits for a signal whose handler is installed, or forever when it could not be.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
