@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from support import REPO, ServalServer, moto_s3
+from support import REPO, ServalServer, moto_s3, serval_bin
 
 MODEL = "iris_lr"
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -85,3 +85,55 @@ def test_unreachable_bucket_is_a_clear_startup_error(tmp_path):
     assert res.returncode != 0
     assert "s3://nowhere/models" in res.stderr, res.stderr
 
+
+
+def test_two_replicas_log_to_one_bucket_and_sql_reads_it(s3, tmp_path, monkeypatch):
+    """Predictions and labels logged straight to S3 by two replicas (segments on each one's local
+    disk, only whole Parquet objects in the bucket): every key of both exactly once, readable by
+    pyarrow from the bucket and by `serval sql`."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    client, env = s3
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    log = f"s3://{BUCKET}/log"
+    repo = tmp_path / "repo"
+    import shutil
+    shutil.copytree(REPO / MODEL, repo / MODEL)
+    replicas = [ServalServer("--prediction-log", log, "--replica-id", f"r{i}",
+                             "--cache-dir", str(tmp_path / f"cache{i}"), repo=repo) for i in range(2)]
+    sent = []
+    try:
+        for i in range(40):
+            server = replicas[i % 2]
+            key = f"s3-{i}"
+            r = requests.post(f"{server.url}/v1/models/{MODEL}:predict",
+                              json={"instances": [{"key": key, "features": ROW}]}, timeout=10)
+            assert r.status_code == 200, r.text
+            sent.append(key)
+        r = requests.post(f"{replicas[0].url}/v1/models/{MODEL}/labels",
+                          json={"labels": [{"key": "s3-0", "label": 0}]}, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        for server in replicas:
+            assert server.terminate() == 0, server.stderr_text()
+    objects = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="log/")["Contents"]]
+    assert all(k.endswith(".parquet") for k in objects), objects
+    predictions = [k for k in objects if k.startswith(f"log/predictions/model={MODEL}/date=")]
+    assert {k.rsplit("/", 1)[1][:2] for k in predictions} == {"r0", "r1"}, predictions
+    keys = []
+    for key in predictions:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        keys += pq.read_table(io.BytesIO(body)).column("key").to_pylist()
+    assert sorted(keys) == sorted(sent), "every key of both replicas exactly once"
+    # The segments stayed on the replicas' disks, under their cache directories.
+    assert list((tmp_path / "cache0" / "prediction-log").iterdir())
+    out = subprocess.run(
+        [str(serval_bin()), "sql", str(repo),
+         f"SELECT count(DISTINCT p.key), count(l.label) FROM {MODEL} p LEFT JOIN labels l USING (key)",
+         "--prediction-log", log],
+        capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert "| 40 " in out.stdout and "| 1 " in out.stdout, out.stdout

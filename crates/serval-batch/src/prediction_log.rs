@@ -26,7 +26,7 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionC
 use datafusion::scalar::ScalarValue;
 use futures::TryStreamExt;
 use serval_core::{Model, Signature as ModelSignature, TensorSpec};
-use serval_log::Label;
+use serval_log::{Label, LogRoot};
 
 use crate::BatchError;
 use crate::job::{FileFormat, register_table};
@@ -35,14 +35,8 @@ use crate::job::{FileFormat, register_table};
 /// error.
 pub async fn register_prediction_log(
     ctx: &SessionContext,
-    root: &std::path::Path,
+    root: &LogRoot,
 ) -> Result<(), BatchError> {
-    if !root.is_dir() {
-        return Err(BatchError::Invalid(format!(
-            "--prediction-log {}: no such directory",
-            root.display()
-        )));
-    }
     let tables = [
         (
             "predictions",
@@ -56,16 +50,13 @@ pub async fn register_prediction_log(
         ),
     ];
     for (name, folder, schema) in tables {
-        let dir = root.join(folder);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BatchError::Invalid(format!("{}: {e}", dir.display())))?;
         let options = ParquetReadOptions::default()
             .schema(&schema)
             .table_partition_cols(vec![
                 ("model".to_owned(), DataType::Utf8),
                 ("date".to_owned(), DataType::Utf8),
             ]);
-        ctx.register_parquet(name, format!("{}/", dir.display()), options)
+        ctx.register_parquet(name, table_url(ctx, root, folder)?, options)
             .await?;
     }
     // Latest wins; a tie (two labels for a key in the same microsecond, from two replicas) is
@@ -86,9 +77,68 @@ pub async fn register_prediction_log(
     Ok(())
 }
 
+/// The URL of one of the log's tables, readable by `ctx`: a local folder (created when missing,
+/// so an empty log reads as empty tables), or an object-store prefix, whose store is registered.
+fn table_url(ctx: &SessionContext, root: &LogRoot, folder: &str) -> Result<String, BatchError> {
+    match root {
+        LogRoot::Dir(dir) => {
+            if !dir.is_dir() {
+                return Err(BatchError::Invalid(format!(
+                    "--prediction-log {}: no such directory",
+                    dir.display()
+                )));
+            }
+            let table = dir.join(folder);
+            std::fs::create_dir_all(&table)
+                .map_err(|e| BatchError::Invalid(format!("{}: {e}", table.display())))?;
+            Ok(format!("{}/", table.display()))
+        }
+        LogRoot::Store { url, store, .. } => {
+            let mut base = url::Url::parse(url)
+                .map_err(|e| BatchError::Invalid(format!("--prediction-log {url}: {e}")))?;
+            base.set_path("");
+            ctx.register_object_store(&base, store.clone());
+            Ok(format!("{url}/{folder}/"))
+        }
+    }
+}
+
+/// The models with logged predictions (the `model=<m>` partitions).
+async fn logged_models(root: &LogRoot) -> Result<Vec<String>, BatchError> {
+    let partitions: Vec<String> = match root {
+        LogRoot::Dir(dir) => {
+            let table = dir.join(serval_log::PREDICTIONS_DIR);
+            std::fs::read_dir(&table)
+                .map_err(|e| BatchError::Invalid(format!("{}: {e}", table.display())))?
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .collect()
+        }
+        LogRoot::Store { url, store, prefix } => {
+            let table = prefix.clone().join(serval_log::PREDICTIONS_DIR);
+            store
+                .list_with_delimiter(Some(&table))
+                .await
+                .map_err(|source| BatchError::Output {
+                    location: url.clone(),
+                    source,
+                })?
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_owned))
+                .collect()
+        }
+    };
+    let mut models: Vec<String> = partitions
+        .iter()
+        .filter_map(|name| name.strip_prefix("model=").map(str::to_owned))
+        .collect();
+    models.sort();
+    Ok(models)
+}
+
 /// Counts a model's labels (the latest per key) whose key has no logged prediction: truth for
 /// predictions never made, or not logged (sampled out, dropped, or still in a write-ahead segment).
-pub async fn count_orphan_labels(root: &std::path::Path, model: &str) -> Result<u64, BatchError> {
+pub async fn count_orphan_labels(root: &LogRoot, model: &str) -> Result<u64, BatchError> {
     let ctx = SessionContext::new();
     register_prediction_log(&ctx, root).await?;
     let batches = ctx
@@ -192,17 +242,9 @@ const RECORD_COLUMNS: [&str; 10] = [
 pub async fn register_model_tables(
     ctx: &SessionContext,
     catalog: &crate::ModelCatalog,
-    root: &std::path::Path,
+    root: &LogRoot,
 ) -> Result<Vec<(String, String)>, BatchError> {
-    let dir = root.join(serval_log::PREDICTIONS_DIR);
-    let mut logged: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| BatchError::Invalid(format!("{}: {e}", dir.display())))?
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("model=").map(str::to_owned)
-        })
-        .collect();
-    logged.sort();
+    let logged = logged_models(root).await?;
     let mut skipped = Vec::new();
     for model in logged {
         let reference = TableReference::bare(model.as_str());

@@ -59,7 +59,7 @@ pub struct BatchArgs {
     /// Also log every predicted row in this prediction log (`source = batch`, the job's id as
     /// request id), as `serval serve --prediction-log` does, for continued evaluation.
     #[arg(long = "prediction-log", value_name = "DIR")]
-    prediction_log: Option<std::path::PathBuf>,
+    prediction_log: Option<String>,
     /// Column holding each row's time for the log (a timestamp, a date or RFC 3339 text), so a
     /// job over history back-tests; default: the job's start.
     #[arg(long, value_name = "COL")]
@@ -168,7 +168,10 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
         overwrite: args.overwrite,
         session: args.engine.session(),
         prediction_log: match &args.prediction_log {
-            Some(dir) => Some(Arc::new(open_batch_log(dir)?)),
+            Some(dir) => Some(Arc::new(open_batch_log(
+                dir,
+                args.repository.cache_dir.as_deref(),
+            )?)),
             None => None,
         },
         time_column: args.time_column.clone(),
@@ -216,9 +219,11 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
 }
 
 /// A prediction log for one batch job: its own write-ahead folder, like a replica's.
-fn open_batch_log(dir: &std::path::Path) -> anyhow::Result<serval_log::PredictionLog> {
-    crate::serve::require_local_log(dir)?;
-    let mut options = serval_log::LogOptions::new(dir.to_owned());
+fn open_batch_log(
+    dir: &str,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<serval_log::PredictionLog> {
+    let mut options = crate::log_options(dir, None, cache_dir)?;
     options.replica_id = format!("batch-{}", serval_log::default_replica_id());
     Ok(serval_log::PredictionLog::open(options)?)
 }
@@ -306,7 +311,7 @@ pub struct SqlArgs {
         env = "SERVAL_PREDICTION_LOG",
         value_name = "DIR"
     )]
-    prediction_log: Option<std::path::PathBuf>,
+    prediction_log: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -324,6 +329,7 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
             serval_batch::job::register_table(&ctx, name, path, format).await?;
         }
         if let Some(root) = &args.prediction_log {
+            let root = &serval_log::LogRoot::parse(root)?;
             serval_batch::prediction_log::register_prediction_log(&ctx, root).await?;
             for (model, why) in
                 serval_batch::prediction_log::register_model_tables(&ctx, &catalog, root).await?

@@ -1,7 +1,5 @@
 //! `serval labels`: ground truth for logged predictions, joined to them by key.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use serval_batch::FileFormat;
 
@@ -17,13 +15,13 @@ pub enum LabelsCommand {
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// The prediction log (`serval serve --prediction-log DIR`).
+    /// The prediction log (`serval serve --prediction-log DIR`): a directory or object-store URL.
     #[arg(
         long = "prediction-log",
         env = "SERVAL_PREDICTION_LOG",
         value_name = "DIR"
     )]
-    prediction_log: PathBuf,
+    prediction_log: String,
     /// The model whose predictions the labels are for.
     #[arg(long)]
     model: String,
@@ -39,13 +37,16 @@ pub struct ImportArgs {
 
 pub fn run(command: LabelsCommand) -> anyhow::Result<()> {
     let LabelsCommand::Import(args) = command;
-    let root = &args.prediction_log;
-    crate::serve::require_local_log(root)?;
-    anyhow::ensure!(
-        root.is_dir(),
-        "--prediction-log {}: no such directory",
-        root.display()
-    );
+    let mut options = crate::log_options(&args.prediction_log, None, None)?;
+    options.replica_id = format!("labels-import-{}", serval_log::default_replica_id());
+    let root = options.root.clone();
+    if let Some(dir) = root.local_dir() {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--prediction-log {}: no such directory",
+            dir.display()
+        );
+    }
     let format =
         FileFormat::from_extension(args.file.trim_end_matches('/')).with_context(|| {
             format!(
@@ -66,8 +67,6 @@ pub fn run(command: LabelsCommand) -> anyhow::Result<()> {
         .as_micros() as i64;
     let batch = serval_log::LabelBatch::new(args.model.clone(), received_us, labels);
     let keys = batch.len();
-    let mut options = serval_log::LogOptions::new(root.clone());
-    options.replica_id = format!("labels-import-{}", serval_log::default_replica_id());
     let log = serval_log::PredictionLog::open(options)?;
     let written = log
         .submit_labels(batch, true)?
@@ -79,7 +78,7 @@ pub fn run(command: LabelsCommand) -> anyhow::Result<()> {
         .unwrap_or(Err(serval_log::LogError::Closed))
         .context("the labels could not be written")?;
     let orphans = runtime.block_on(serval_batch::prediction_log::count_orphan_labels(
-        root,
+        &root,
         &args.model,
     ))?;
     println!(

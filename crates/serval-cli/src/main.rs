@@ -61,17 +61,59 @@ struct RepositoryArgs {
     cache_dir: Option<PathBuf>,
 }
 
-impl RepositoryArgs {
-    /// The remote repository, when the location is an object store URL.
-    fn remote(&self) -> anyhow::Result<Option<RemoteRepository>> {
-        let cache_root = self.cache_dir.clone().unwrap_or_else(|| {
+/// Where Serval keeps local copies: `--cache-dir`, else `$SERVAL_CACHE_DIR`,
+/// `$XDG_CACHE_HOME/serval` or `~/.cache/serval`.
+fn cache_root(explicit: Option<&std::path::Path>) -> PathBuf {
+    explicit
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SERVAL_CACHE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| {
             std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .unwrap_or_else(std::env::temp_dir)
                 .join("serval")
-        });
-        Ok(RemoteRepository::parse(&self.repository, &cache_root)?)
+        })
+}
+
+/// Options for a prediction log at `location`, a local directory or an object-store URL. An
+/// object store's write-ahead segments need a local disk: `wal`, else a folder per URL under
+/// the cache directory (each process takes its own folder inside, as with a local log).
+fn log_options(
+    location: &str,
+    wal: Option<PathBuf>,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<serval_log::LogOptions> {
+    let root = serval_log::LogRoot::parse(location)?;
+    let wal_root = match (&root, wal) {
+        (_, Some(wal)) => Some(wal),
+        (serval_log::LogRoot::Dir(_), None) => None,
+        (serval_log::LogRoot::Store { url, .. }, None) => {
+            let folder: String = url
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            Some(cache_root(cache_dir).join("prediction-log").join(folder))
+        }
+    };
+    let mut options = serval_log::LogOptions::new(root);
+    options.wal_root = wal_root;
+    Ok(options)
+}
+
+impl RepositoryArgs {
+    /// The remote repository, when the location is an object store URL.
+    fn remote(&self) -> anyhow::Result<Option<RemoteRepository>> {
+        Ok(RemoteRepository::parse(
+            &self.repository,
+            &cache_root(self.cache_dir.as_deref()),
+        )?)
     }
 
     /// Opens a local repository as is; mirrors a remote one first.

@@ -63,16 +63,18 @@ pub struct ServeArgs {
 #[derive(clap::Args)]
 pub struct PredictionLogArgs {
     /// Log every answered prediction with its key under DIR (Parquet,
-    /// `DIR/predictions/model=<m>/date=<d>/`); per-model `[logging]` in config.toml sets the
+    /// `DIR/predictions/model=<m>/date=<d>/`), a local directory or an object-store URL
+    /// (s3://, gs://, az://, configured from the environment); per-model `[logging]` in config.toml sets the
     /// sample rate, what is kept and the durability. Several replicas may share one DIR.
     #[arg(
         long = "prediction-log",
         env = "SERVAL_PREDICTION_LOG",
         value_name = "DIR"
     )]
-    dir: Option<PathBuf>,
-    /// Where the write-ahead segments go (default `DIR/_wal`): each process takes a folder of
-    /// its own there, and rolls the folders of processes that died.
+    dir: Option<String>,
+    /// Where the write-ahead segments go (default `DIR/_wal`, or a folder under the cache
+    /// directory when DIR is an object-store URL): each process takes a folder of its own there,
+    /// and rolls the folders of processes that died.
     #[arg(
         long = "prediction-log-wal",
         env = "SERVAL_PREDICTION_LOG_WAL",
@@ -109,11 +111,13 @@ pub struct PredictionLogArgs {
 }
 
 impl PredictionLogArgs {
-    fn options(&self) -> anyhow::Result<Option<serval_log::LogOptions>> {
+    fn options(
+        &self,
+        cache_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<serval_log::LogOptions>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
-        require_local_log(dir)?;
         anyhow::ensure!(
             self.sync_ms > 0,
             "--prediction-log-sync-ms must be at least 1"
@@ -122,8 +126,7 @@ impl PredictionLogArgs {
             self.roll_secs > 0,
             "--prediction-log-roll-secs must be at least 1"
         );
-        let mut options = serval_log::LogOptions::new(dir.clone());
-        options.wal_root = self.wal.clone();
+        let mut options = crate::log_options(dir, self.wal.clone(), cache_dir)?;
         if let Some(id) = &self.replica_id {
             options.replica_id = id.clone();
         }
@@ -132,17 +135,6 @@ impl PredictionLogArgs {
         options.queue_capacity = self.queue;
         Ok(Some(options))
     }
-}
-
-/// Refuses an object-store URL as a prediction log, which is not supported yet.
-pub(crate) fn require_local_log(dir: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !dir.to_string_lossy().contains("://"),
-        "--prediction-log {}: object-store prediction logs are not supported yet; give a local \
-         directory (a mounted bucket works)",
-        dir.display()
-    );
-    Ok(())
 }
 
 fn parse_mount(value: &str) -> Result<(String, PathBuf), String> {
@@ -182,7 +174,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?,
         precomputed: args.precomputed,
         strict_readiness: args.strict_readiness,
-        prediction_log: args.log.options()?,
+        prediction_log: args.log.options(args.repository.cache_dir.as_deref())?,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.io_threads {

@@ -14,7 +14,9 @@ use serval_core::{Tensor, TensorData};
 use serval_log::{LogOptions, LoggedRequest, PredictionLog, Source};
 
 fn request(i: u64) -> LoggedRequest {
-    let features: Vec<f32> = (0..30).map(|j| (i as f32) * 0.001 + j as f32 * 0.37).collect();
+    let features: Vec<f32> = (0..30)
+        .map(|j| (i as f32) * 0.001 + j as f32 * 0.37)
+        .collect();
     LoggedRequest {
         model: "breast_cancer_lr".into(),
         version: 1,
@@ -108,8 +110,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ack.blocking_recv()??;
     }
     // Everything submitted is in the segment once the writer has drained the queue.
-    while log.stats().written.load(std::sync::atomic::Ordering::Relaxed)
-        + log.stats().dropped.load(std::sync::atomic::Ordering::Relaxed)
+    while log
+        .stats()
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + log
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
         < requests
     {
         std::thread::sleep(Duration::from_millis(1));

@@ -32,6 +32,14 @@ pub enum LogError {
         /// Why.
         message: String,
     },
+    /// The object store holding the log refused a write, or is misconfigured.
+    #[error("prediction log at {url}: {message}")]
+    Store {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
+    },
     /// A record could not be encoded as JSON (a bug: tensors always encode).
     #[error("cannot encode a log record: {0}")]
     Encode(String),
@@ -68,6 +76,7 @@ impl LogError {
             LogError::RecordTooLarge(_) => "record_too_large",
             LogError::InUse(_) => "in_use",
             LogError::Parquet { .. } => "parquet",
+            LogError::Store { .. } => "object_store",
             LogError::Encode(_) => "encode",
             LogError::QueueFull => "queue_full",
             LogError::Closed => "closed",

@@ -13,6 +13,7 @@
 mod error;
 mod record;
 mod roll;
+mod root;
 pub mod segment;
 mod writer;
 
@@ -20,5 +21,6 @@ pub use error::LogError;
 pub use record::{
     Label, LabelBatch, LabelRecord, LoggedRequest, PredictionRecord, Source, sampled,
 };
-pub use roll::{LABELS_DIR, PREDICTIONS_DIR, labels_schema, predictions_schema, roll_segment};
+pub use roll::{LABELS_DIR, PREDICTIONS_DIR, labels_schema, predictions_schema};
+pub use root::LogRoot;
 pub use writer::{Ack, LogOptions, LogStats, PredictionLog, WAL_DIR, default_replica_id};

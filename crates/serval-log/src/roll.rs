@@ -17,6 +17,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::LogError;
 use crate::record::{Entry, LabelRecord, PredictionRecord};
+use crate::root::Destination;
 use crate::segment::{self, sync_dir};
 
 /// Folder of the `predictions` table under the log's root.
@@ -70,8 +71,9 @@ struct Tables {
     labels: BTreeMap<(String, String), Vec<LabelRecord>>,
 }
 
-/// Rolls one segment into Parquet under `root` and removes it. Returns the records rolled.
-pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError> {
+/// Rolls one segment into Parquet under the destination's root and removes it. Returns the
+/// records rolled.
+pub(crate) fn roll_segment(segment_path: &Path, root: &Destination) -> Result<usize, LogError> {
     let recovered = segment::recover(segment_path)?;
     let mut tables = Tables::default();
     let mut unreadable = 0usize;
@@ -106,13 +108,13 @@ pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError>
         .unwrap_or("segment");
     let mut rolled = 0;
     for ((model, date), records) in &tables.predictions {
-        let dir = partition(root, PREDICTIONS_DIR, model, date);
-        write_parquet(&dir, stem, || predictions_batch(records))?;
+        let file = partition_file(PREDICTIONS_DIR, model, date, stem);
+        root.put(&file, encode(&file, predictions_batch(records))?)?;
         rolled += records.len();
     }
     for ((model, date), records) in &tables.labels {
-        let dir = partition(root, LABELS_DIR, model, date);
-        write_parquet(&dir, stem, || labels_batch(records))?;
+        let file = partition_file(LABELS_DIR, model, date, stem);
+        root.put(&file, encode(&file, labels_batch(records))?)?;
         rolled += records.len();
     }
     std::fs::remove_file(segment_path).map_err(|e| LogError::io(segment_path, e))?;
@@ -120,29 +122,26 @@ pub fn roll_segment(segment_path: &Path, root: &Path) -> Result<usize, LogError>
     Ok(rolled)
 }
 
-fn partition(root: &Path, table: &str, model: &str, date: &str) -> PathBuf {
-    root.join(table)
-        .join(format!("model={}", partition_value(model)))
-        .join(format!("date={date}"))
+/// `<table>/model=<m>/date=<d>/<stem>.parquet`, relative to the log's root.
+fn partition_file(table: &str, model: &str, date: &str, stem: &str) -> String {
+    format!(
+        "{table}/model={}/date={date}/{stem}.parquet",
+        partition_value(model)
+    )
 }
 
-/// Writes a batch to `dir/<stem>.parquet` through a temporary file renamed into place, so a
-/// reader never sees half a file.
-fn write_parquet(
-    dir: &Path,
-    stem: &str,
-    batch: impl FnOnce() -> Result<RecordBatch, arrow::error::ArrowError>,
-) -> Result<(), LogError> {
-    std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
-    let path = dir.join(format!("{stem}.parquet"));
-    let tmp = dir.join(format!(".{stem}.parquet.tmp"));
+/// A batch as a Parquet file's bytes (Snappy). Encoded in memory, then written in one step: a
+/// full or read-only disk is then an I/O error with its kind (counted as `disk_full`,
+/// `not_writable`), not an opaque encoder error, and an object store gets one atomic put.
+fn encode(
+    file: &str,
+    batch: Result<RecordBatch, arrow::error::ArrowError>,
+) -> Result<Vec<u8>, LogError> {
     let parquet_error = |e: &dyn std::fmt::Display| LogError::Parquet {
-        path: path.clone(),
+        path: PathBuf::from(file),
         message: e.to_string(),
     };
-    // Encoded in memory, then written: a full or read-only disk is then an I/O error with its
-    // kind (counted as `disk_full`, `not_writable`), not an opaque encoder error.
-    let batch = batch().map_err(|e| parquet_error(&e))?;
+    let batch = batch.map_err(|e| parquet_error(&e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
@@ -153,18 +152,7 @@ fn write_parquet(
         .write(&batch)
         .and_then(|()| writer.close().map(|_| ()))
         .map_err(|e| parquet_error(&e))?;
-    let written = std::fs::File::create(&tmp).and_then(|mut file| {
-        use std::io::Write;
-        file.write_all(&encoded)?;
-        file.sync_all()
-    });
-    if let Err(e) = written {
-        // Never leave half a file behind, even a hidden one.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(LogError::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
-    sync_dir(&path)
+    Ok(encoded)
 }
 
 fn labels_batch(records: &[LabelRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::error::LogError;
 use crate::record::{LabelBatch, LoggedRequest};
 use crate::roll::{LABELS_DIR, PREDICTIONS_DIR, roll_segment, segments_in};
+use crate::root::{Destination, LogRoot};
 use crate::segment::SegmentWriter;
 
 /// Folder of the write-ahead directories under a local log root: one per live process.
@@ -32,8 +33,9 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     /// The log's root: `predictions/model=<m>/date=<d>/*.parquet` below it.
-    pub root: PathBuf,
-    /// Where this process's write-ahead directory goes (default `<root>/_wal`); each process
+    pub root: LogRoot,
+    /// Where this process's write-ahead directory goes (default `<root>/_wal` for a local root;
+    /// required for an object store: segments are appended to, objects cannot be); each process
     /// takes its own `<replica>` folder in it and adopts those of processes that died.
     pub wal_root: Option<PathBuf>,
     /// Names this process's files; unique per replica (default hostname and start time).
@@ -50,9 +52,9 @@ pub struct LogOptions {
 
 impl LogOptions {
     /// Defaults for a log at `root`.
-    pub fn new(root: PathBuf) -> LogOptions {
+    pub fn new(root: impl Into<LogRoot>) -> LogOptions {
         LogOptions {
-            root,
+            root: root.into(),
             wal_root: None,
             replica_id: default_replica_id(),
             queue_capacity: 10_000,
@@ -151,11 +153,19 @@ impl PredictionLog {
     /// Opens the log: takes a write-ahead directory, rolls segments left by processes that died
     /// (in the background), and starts the writer.
     pub fn open(options: LogOptions) -> Result<PredictionLog, LogError> {
-        std::fs::create_dir_all(&options.root).map_err(|e| LogError::io(&options.root, e))?;
-        let wal_root = options
-            .wal_root
-            .clone()
-            .unwrap_or_else(|| options.root.join(WAL_DIR));
+        let wal_root = match (&options.wal_root, &options.root) {
+            (Some(wal), _) => wal.clone(),
+            (None, LogRoot::Dir(dir)) => dir.join(WAL_DIR),
+            (None, LogRoot::Store { url, .. }) => {
+                return Err(LogError::Store {
+                    url: url.clone(),
+                    message: "an object-store log needs a local write-ahead directory".into(),
+                });
+            }
+        };
+        if let LogRoot::Dir(dir) = &options.root {
+            std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        }
         let wal_dir = wal_root.join(sanitize(&options.replica_id));
         std::fs::create_dir_all(&wal_dir).map_err(|e| LogError::io(&wal_dir, e))?;
         let lock = lock_dir(&wal_dir)?.ok_or_else(|| LogError::InUse(wal_dir.clone()))?;
@@ -171,7 +181,7 @@ impl PredictionLog {
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("serval-log-roll".into())
-                .spawn(move || roll_loop(roll_rx, &root, &stats, orphans))
+                .spawn(move || roll_loop(roll_rx, root, &stats, orphans))
                 .map_err(|e| LogError::io(&wal_dir, e))?
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity.max(1));
@@ -325,10 +335,19 @@ fn adopt_orphans(wal_root: &Path, own: &Path) -> Vec<(PathBuf, File)> {
 /// until the writer closes; what is left stays for the next start.
 fn roll_loop(
     segments: Receiver<PathBuf>,
-    root: &Path,
+    root: LogRoot,
     stats: &LogStats,
     orphans: Vec<(PathBuf, File)>,
 ) {
+    let root = match Destination::new(root) {
+        Ok(destination) => destination,
+        Err(e) => {
+            // Segments stay where they are, for the next start.
+            tracing::error!(error = %e, "cannot roll the prediction log: segments stay in the write-ahead directory");
+            return;
+        }
+    };
+    let root = &root;
     let mut pending: Vec<PathBuf> = Vec::new();
     for (dir, _lock) in &orphans {
         pending.extend(segments_in(dir).unwrap_or_default());

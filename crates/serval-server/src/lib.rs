@@ -78,7 +78,7 @@ pub async fn serve(
         Some(options) => {
             let root = options.root.clone();
             let log = Arc::new(serval_log::PredictionLog::open(options)?);
-            tracing::info!(root = %root.display(), "logging predictions");
+            tracing::info!(root = %root, "logging predictions");
             Some(log)
         }
         None => None,
