@@ -26,9 +26,9 @@ def label_history(root: Path) -> list[dict]:
     return ds.dataset(root / "labels", format="parquet", partitioning="hive").to_table().to_pylist()
 
 
-def sql(root: Path, query: str) -> list[list[str]]:
+def sql(root: Path, query: str, repo: Path = REPO) -> list[list[str]]:
     """Rows of `serval sql` over the log, as the cells of its printed table."""
-    out = subprocess.run([str(serval_bin()), "sql", str(REPO), query, "--prediction-log", str(root)],
+    out = subprocess.run([str(serval_bin()), "sql", str(repo), query, "--prediction-log", str(root)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("|")]

@@ -298,3 +298,28 @@ def test_kill_9_in_buffered_mode_loses_only_the_last_interval(tmp_path):
     assert len(old) >= 100, "enough traffic before the bound to mean something"
     missing = [k for k in old if k not in keys]
     assert len(missing) <= dropped, f"{len(missing)} lost beyond the bound (dropped: {dropped}), e.g. {missing[:5]}"
+
+
+def test_a_model_whose_signature_changed_between_versions_reads_as_one_typed_table(tmp_path):
+    """Version 2 of `iris_lr` is the breast-cancer model: 30 features instead of 4, 2 classes
+    instead of 3, and a `diagnosis` output only it has. Both versions' records read as one table:
+    widths that changed become lists, a column one version lacks is null in its records."""
+    from test_labels import sql
+    log = tmp_path / "log"
+    repo = repo_with(tmp_path, '[versions]\npolicy = "all"')
+    (repo / MODEL / "2").mkdir()
+    shutil.copy(REPO / "breast_cancer_lr" / "1" / "model.onnx", repo / MODEL / "2" / "model.onnx")
+    breast_row = [float(x) for x in (REPO.parent / "data" / "breast_cancer.csv").read_text()
+                  .splitlines()[1].split(",")[1:31]]
+    server = ServalServer("--prediction-log", str(log), repo=repo)
+    try:
+        for version, key, row in [(1, "old", ROW), (2, "new", breast_row)]:
+            r = requests.post(f"{server.url}/v1/models/{MODEL}/versions/{version}:predict",
+                              json={"instances": [{"key": key, "features": row}]}, timeout=10)
+            assert r.status_code == 200, r.text
+    finally:
+        assert server.terminate() == 0, server.stderr_text()
+    rows = sql(log, "SELECT key, version, array_length(features), array_length(probabilities), "
+                    f"arrow_typeof(features) FROM {MODEL} ORDER BY version", repo=repo)
+    assert [r[:4] for r in rows] == [["old", "1", "4", "3"], ["new", "2", "30", "2"]]
+    assert rows[0][4] == "List(Float32)", rows

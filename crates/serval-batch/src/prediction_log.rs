@@ -236,7 +236,8 @@ const RECORD_COLUMNS: [&str; 10] = [
 /// Registers one typed table per model with logged predictions and a place in the repository,
 /// named after it: the record columns, then one column per input and per output, typed as
 /// `serval batch` writes them (a scalar, a fixed-size list, a list). Columns come from the
-/// signatures of the model's default version; a field an older record lacks is null. An input
+/// signatures of every version on disk (the default version's type where two differ); a field
+/// a record lacks, or whose value does not fit the column, is null. An input
 /// or output whose name another column has is prefixed `input_`/`output_`. Returns the models
 /// left out, with why (not in the repository, a name taken by another table).
 pub async fn register_model_tables(
@@ -259,22 +260,50 @@ pub async fn register_model_tables(
                 continue;
             }
         };
-        let table = typed_table(ctx, &loaded).await?;
+        // Every version on disk adds the inputs and outputs only it has: a model whose signature
+        // changed still reads as one table, older records with their own columns.
+        let mut versions = vec![loaded.clone()];
+        let mut on_disk = catalog
+            .repository()
+            .versions_on_disk(&model)
+            .unwrap_or_default();
+        on_disk.sort_unstable_by(|a, b| b.cmp(a));
+        for version in on_disk.into_iter().filter(|v| *v != loaded.version()) {
+            if let Ok(other) = catalog.get(&model, Some(&version.to_string())) {
+                versions.push(other);
+            }
+        }
+        let table = typed_table(ctx, &versions).await?;
         ctx.register_table(reference, table.into_view())?;
     }
     Ok(skipped)
 }
 
-async fn typed_table(ctx: &SessionContext, model: &Model) -> Result<DataFrame, BatchError> {
-    let batched = model.is_batchable();
+/// The typed table of a model's versions, the default first: of a name several versions have,
+/// the first's type counts.
+async fn typed_table(
+    ctx: &SessionContext,
+    versions: &[Arc<Model>],
+) -> Result<DataFrame, BatchError> {
+    let Some(model) = versions.first() else {
+        return Err(BatchError::Invalid("a typed table needs a model".into()));
+    };
     let fields = |side: fn(&ModelSignature) -> &[TensorSpec]| -> Fields {
-        let mut seen = std::collections::HashSet::new();
-        model
-            .signatures()
+        let mut merged: Vec<(String, DataType)> = Vec::new();
+        let specs = versions
             .iter()
-            .flat_map(side)
-            .filter(|spec| seen.insert(spec.name.clone()))
-            .map(|spec| Field::new(&spec.name, instance_type(spec, batched), true))
+            .flat_map(|v| v.signatures().iter().map(move |s| (v.is_batchable(), s)))
+            .flat_map(|(batched, s)| side(s).iter().map(move |spec| (batched, spec)));
+        for (batched, spec) in specs {
+            let row_type = instance_type(spec, batched);
+            match merged.iter_mut().find(|(name, _)| *name == spec.name) {
+                Some((_, known)) => *known = widened(known, &row_type),
+                None => merged.push((spec.name.clone(), row_type)),
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(name, row_type)| Field::new(name, row_type, true))
             .collect()
     };
     let inputs = fields(|s| &s.inputs);
@@ -317,6 +346,19 @@ async fn typed_table(ctx: &SessionContext, model: &Model) -> Result<DataFrame, B
         .await?
         .filter(col("model").eq(lit(model.name())))?
         .select(exprs)?)
+}
+
+/// The type holding a field two versions type differently: a list of the item when both are
+/// lists of it (a width that changed between versions), else the first's.
+fn widened(first: &DataType, other: &DataType) -> DataType {
+    let item = |t: &DataType| match t {
+        DataType::FixedSizeList(f, _) | DataType::List(f) => Some(f.clone()),
+        _ => None,
+    };
+    match (item(first), item(other)) {
+        (Some(a), Some(b)) if first != other && a.data_type() == b.data_type() => DataType::List(a),
+        _ => first.clone(),
+    }
 }
 
 /// The Arrow type of one logged instance of a tensor, as `serval batch` types the column: a
