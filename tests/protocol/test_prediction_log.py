@@ -43,6 +43,44 @@ def v2_body(key: str | None, rows=1) -> dict:
     return {"id": f"req-{key}", "inputs": inputs}
 
 
+class Traffic:
+    """v2 REST predictions from worker threads, each with its own key, until stopped (or the
+    server dies): every answered key with the time of its answer."""
+
+    def __init__(self, server: ServalServer, prefix: str, workers: int):
+        self.answered: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(server, f"{prefix}{w}"))
+                         for w in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _send(self, server: ServalServer, prefix: str) -> None:
+        session = requests.Session()
+        n = 0
+        while not self._stop.is_set():
+            key = f"{prefix}-{n}"
+            n += 1
+            try:
+                r = session.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2_body(key), timeout=5)
+            except requests.RequestException:
+                return  # the server was killed mid-request: not answered
+            if r.status_code == 200:
+                with self._lock:
+                    self.answered.append((key, time.monotonic()))
+
+    def wait_for(self, answered: int, seconds: float = 60) -> None:
+        deadline = time.time() + seconds
+        while len(self.answered) < answered and time.time() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
 def test_keys_from_every_protocol_are_logged_with_inputs_and_outputs(tmp_path):
     log = tmp_path / "log"
     server = ServalServer("--prediction-log", str(log), repo=repo_with(tmp_path, ""))
@@ -82,36 +120,13 @@ def test_kill_9_under_load_loses_no_acknowledged_prediction_in_synced_mode(tmp_p
     log = tmp_path / "log"
     repo = repo_with(tmp_path, 'durability = "synced"')
     server = ServalServer("--prediction-log", str(log), repo=repo)
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def send(worker: int) -> None:
-        session = requests.Session()
-        n = 0
-        while not stop.is_set():
-            key = f"w{worker}-{n}"
-            n += 1
-            try:
-                r = session.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2_body(key), timeout=5)
-            except requests.RequestException:
-                return  # the server was killed mid-request: not acknowledged
-            if r.status_code == 200:
-                with lock:
-                    acknowledged.append(key)
-
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
+    traffic = Traffic(server, "w", workers=4)
     # Enough traffic that the kill lands mid-stream; a count, not a rate, so a slow machine
     # only takes longer.
-    deadline = time.time() + 60
-    while len(acknowledged) < 100 and time.time() < deadline:
-        time.sleep(0.05)
+    traffic.wait_for(100)
     server.kill()  # SIGKILL: no shutdown, no roll
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
+    traffic.stop()
+    acknowledged = [key for key, _ in traffic.answered]
     assert len(acknowledged) >= 100, server.stderr_text()
     # The dead process's segments are still write-ahead, not Parquet.
     assert list((log / "_wal").rglob("*.seg")), "segments should survive kill -9"
@@ -260,37 +275,14 @@ def test_kill_9_in_buffered_mode_loses_only_the_last_interval(tmp_path):
     log = tmp_path / "log"
     repo = repo_with(tmp_path, "")
     server = ServalServer("--prediction-log", str(log), repo=repo)
-    answered: list[tuple[str, float]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def send(worker: int) -> None:
-        session = requests.Session()
-        n = 0
-        while not stop.is_set():
-            key = f"b{worker}-{n}"
-            n += 1
-            try:
-                r = session.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2_body(key), timeout=5)
-            except requests.RequestException:
-                return
-            if r.status_code == 200:
-                with lock:
-                    answered.append((key, time.monotonic()))
-
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(2)]
-    for t in threads:
-        t.start()
-    deadline = time.time() + 60
-    while len(answered) < 300 and time.time() < deadline:
-        time.sleep(0.05)
+    traffic = Traffic(server, "b", workers=2)
+    traffic.wait_for(300)
     time.sleep(1.5)  # past the bound, under load
     dropped = counter(server, "serval_prediction_log_dropped_total")
     killed_at = time.monotonic()
     server.kill()
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
+    traffic.stop()
+    answered = traffic.answered
     restarted = ServalServer("--prediction-log", str(log), repo=repo)
     assert restarted.terminate() == 0, restarted.stderr_text()
     keys = {r["key"] for r in logged(log)}
