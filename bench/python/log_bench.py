@@ -257,6 +257,12 @@ def add_recovery(records: str, poll: str, oha_path: str, pairs: list[str]):
         rec["requests_answered_before_kill"] = None
     recovered = rec.get("records_recovered")
     rolled = rec.get("rolled_s")
+    answered = rec["requests_answered_before_kill"]
+    # What the kill cost: answers (the check request's included) whose records never reached
+    # the disk (still queued, or not yet written out by the last group commit).
+    rec["records_lost"] = (
+        answered + rec.get("check_ok", 0) - recovered
+        if isinstance(answered, int) and isinstance(recovered, int) else None)
     rec["records_recovered_per_s"] = (
         round(recovered / rolled, 1) if isinstance(recovered, int) and rolled else None)
     benchlib.append_record(records, rec)
@@ -358,8 +364,10 @@ def report(path: str):
               f"{dropped} | {per_record} |")
     print("\nMedian of the two runs (= their mean); p50 and p99 of the successful requests, each the "
           "median of the runs'. Answered: the 200s the server counted in /metrics just before "
-          "the stop (the check request, the warm-up and the run, and the requests still in "
-          "flight when oha's deadline came); dropped: serval_prediction_log_dropped_total.")
+          "the stop, 1 s after the run (the check request, the warm-up and the run, and the "
+          "requests still in flight when oha's deadline came). A share above 100% means records "
+          "of requests whose client hung up at the deadline before the answer (logged, never "
+          "answered); dropped: serval_prediction_log_dropped_total.")
     bad = [r for r in runs if r["ok"] == 0 or r["errors"]
            or any(not k.startswith("2") for k in r["status_codes"])
            or r.get("segments_left") or r.get("log_errors")]
@@ -409,6 +417,8 @@ def report(path: str):
         print(f"| records recovered into Parquet | {benchlib.fmt_n(r.get('records_recovered'))} |")
         print(f"| records recovered per second of the roll | "
               f"{benchlib.fmt_n(r.get('records_recovered_per_s'))} |")
+        print(f"| answered before the kill but not recovered (the queue and the last sync "
+              f"interval) | {benchlib.fmt_n(r.get('records_lost'))} |")
         if r.get("server_died") or r.get("segments_left"):
             print(f"\n**The restarted server died or left segments: died {r.get('server_died')}, "
                   f"{r.get('segments_left')} left.**")
