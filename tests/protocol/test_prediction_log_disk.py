@@ -40,8 +40,8 @@ def counter(server: ServalServer, name: str, **labels: str) -> float:
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     total = 0.0
     for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
             total += float(match.group(2))
     return total
 

@@ -136,6 +136,8 @@ pub struct LogStats {
     pub dropped: AtomicU64,
     /// Group commits (fsyncs).
     pub syncs: AtomicU64,
+    /// Records a group commit made durable: what a `kill -9` or power loss cannot take.
+    pub committed: AtomicU64,
     /// Records rolled into Parquet.
     pub rolled: AtomicU64,
 }
@@ -197,6 +199,7 @@ impl PredictionLog {
                 stats,
                 _lock: lock,
                 last_error: None,
+                uncommitted: 0,
             };
             std::thread::Builder::new()
                 .name("serval-log-write".into())
@@ -398,6 +401,8 @@ struct Writer {
     _lock: File,
     /// The last write error's reason, so a lasting condition is logged once, not per group.
     last_error: Option<&'static str>,
+    /// Records appended since the last group commit.
+    uncommitted: u64,
 }
 
 /// Records whose acknowledgement waits for the next group commit.
@@ -478,6 +483,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
+                self.uncommitted += count;
                 metrics::counter!("serval_prediction_log_records_total", "model" => model, "table" => rows.table())
                     .increment(count);
                 Ok(())
@@ -530,8 +536,13 @@ impl Writer {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             self.fail(e);
-        } else if self.last_error.take().is_some() {
-            tracing::info!("prediction log writes again");
+        } else {
+            let committed = std::mem::take(&mut self.uncommitted);
+            self.stats.committed.fetch_add(committed, Ordering::Relaxed);
+            metrics::counter!("serval_prediction_log_committed_total").increment(committed);
+            if self.last_error.take().is_some() {
+                tracing::info!("prediction log writes again");
+            }
         }
         for ack in waiting.drain(..) {
             let _ = ack.send(result.clone());
@@ -541,6 +552,8 @@ impl Writer {
     /// Closes the segment after a failed write or sync: whatever is whole in it is kept (the
     /// roller's recovery cuts the torn tail), and the next record opens a fresh one.
     fn fail(&mut self, error: &LogError) {
+        // Whatever was not committed in the failed segment is not claimed as durable.
+        self.uncommitted = 0;
         metrics::counter!("serval_prediction_log_errors_total", "reason" => error.reason())
             .increment(1);
         if self.last_error != Some(error.reason()) {
