@@ -239,7 +239,8 @@ const RECORD_COLUMNS: [&str; 10] = [
 /// signatures of every version on disk (the default version's type where two differ); a field
 /// a record lacks, or whose value does not fit the column, is null. An input
 /// or output whose name another column has is prefixed `input_`/`output_`. Returns the models
-/// left out, with why (not in the repository, a name taken by another table).
+/// (and versions) left out, with why (not in the repository or not loadable, a name taken by
+/// another table).
 pub async fn register_model_tables(
     ctx: &SessionContext,
     catalog: &crate::ModelCatalog,
@@ -269,8 +270,10 @@ pub async fn register_model_tables(
             .unwrap_or_default();
         on_disk.sort_unstable_by(|a, b| b.cmp(a));
         for version in on_disk.into_iter().filter(|v| *v != loaded.version()) {
-            if let Ok(other) = catalog.get(&model, Some(&version.to_string())) {
-                versions.push(other);
+            match catalog.get(&model, Some(&version.to_string())) {
+                Ok(other) => versions.push(other),
+                // Its records still read, in the columns the other versions have.
+                Err(e) => skipped.push((format!("{model} version {version}"), e.to_string())),
             }
         }
         let table = typed_table(ctx, &versions).await?;

@@ -334,7 +334,7 @@ pub fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
             for (model, why) in
                 serval_batch::prediction_log::register_model_tables(&ctx, &catalog, root).await?
             {
-                eprintln!("note: no typed table for model '{model}' of the log: {why}");
+                eprintln!("note: no typed columns from {model} of the log: {why}");
             }
         }
         // One statement at a time: a statement may read what the previous one wrote.

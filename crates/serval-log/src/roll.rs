@@ -80,20 +80,12 @@ pub(crate) fn roll_segment(segment_path: &Path, root: &Destination) -> Result<us
     for payload in &recovered.records {
         match serde_json::from_slice::<Entry>(payload) {
             Ok(Entry::Prediction(record)) => {
-                let date = utc_date(record.ts_us);
-                tables
-                    .predictions
-                    .entry((record.model.clone(), date))
-                    .or_default()
-                    .push(record);
+                let file = (record.model.clone(), utc_date(record.ts_us));
+                tables.predictions.entry(file).or_default().push(record);
             }
             Ok(Entry::Label(record)) => {
-                let date = utc_date(record.ts_us);
-                tables
-                    .labels
-                    .entry((record.model.clone(), date))
-                    .or_default()
-                    .push(record);
+                let file = (record.model.clone(), utc_date(record.ts_us));
+                tables.labels.entry(file).or_default().push(record);
             }
             // Checksummed, so only a record from a future format gets here.
             Err(_) => unreadable += 1,

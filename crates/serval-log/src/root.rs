@@ -84,34 +84,49 @@ impl LogRoot {
 
 /// Writes whole files under a root, from the roller's thread (which owns the runtime an
 /// object store needs: it never runs inside the server's).
-pub(crate) struct Destination {
-    root: LogRoot,
-    runtime: Option<tokio::runtime::Runtime>,
+pub(crate) enum Destination {
+    Dir(PathBuf),
+    Store {
+        url: String,
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        runtime: tokio::runtime::Runtime,
+    },
 }
 
 impl Destination {
     pub(crate) fn new(root: LogRoot) -> Result<Destination, LogError> {
-        let runtime = match &root {
-            LogRoot::Dir(_) => None,
-            LogRoot::Store { url, .. } => Some(
-                tokio::runtime::Builder::new_current_thread()
+        Ok(match root {
+            LogRoot::Dir(dir) => Destination::Dir(dir),
+            LogRoot::Store { url, store, prefix } => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| LogError::Store {
                         url: url.clone(),
                         message: e.to_string(),
-                    })?,
-            ),
-        };
-        Ok(Destination { root, runtime })
+                    })?;
+                Destination::Store {
+                    url,
+                    store,
+                    prefix,
+                    runtime,
+                }
+            }
+        })
     }
 
     /// Writes `bytes` at `relative` (`/`-separated) as one atomic step: readers see the whole
     /// file or none of it. Locally through a temporary file, fsynced and renamed.
     pub(crate) fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), LogError> {
-        match (&self.root, &self.runtime) {
-            (LogRoot::Dir(dir), _) => write_local(&dir.join(relative), &bytes),
-            (LogRoot::Store { url, store, prefix }, Some(runtime)) => {
+        match self {
+            Destination::Dir(dir) => write_local(&dir.join(relative), &bytes),
+            Destination::Store {
+                url,
+                store,
+                prefix,
+                runtime,
+            } => {
                 let path = relative
                     .split('/')
                     .fold(prefix.clone(), |path, part| path.join(part));
@@ -123,10 +138,6 @@ impl Destination {
                         message: e.to_string(),
                     })
             }
-            (LogRoot::Store { url, .. }, None) => Err(LogError::Store {
-                url: url.clone(),
-                message: "no runtime for the object store".into(),
-            }),
         }
     }
 }
