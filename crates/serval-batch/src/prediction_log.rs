@@ -254,32 +254,86 @@ pub async fn register_model_tables(
             skipped.push((model, "a table of that name exists".to_owned()));
             continue;
         }
-        let loaded = match catalog.get(&model, None) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                skipped.push((model, e.to_string()));
-                continue;
-            }
-        };
-        // Every version on disk adds the inputs and outputs only it has: a model whose signature
-        // changed still reads as one table, older records with their own columns.
-        let mut versions = vec![loaded.clone()];
-        let mut on_disk = catalog
-            .repository()
-            .versions_on_disk(&model)
-            .unwrap_or_default();
-        on_disk.sort_unstable_by(|a, b| b.cmp(a));
-        for version in on_disk.into_iter().filter(|v| *v != loaded.version()) {
-            match catalog.get(&model, Some(&version.to_string())) {
-                Ok(other) => versions.push(other),
-                // Its records still read, in the columns the other versions have.
-                Err(e) => skipped.push((format!("{model} version {version}"), e.to_string())),
-            }
+        // Not in the repository, or not loadable: its records stay in `predictions`.
+        if let Err(e) = catalog.get(&model, None) {
+            skipped.push((model, e.to_string()));
+            continue;
         }
-        let table = typed_table(ctx, &versions).await?;
-        ctx.register_table(reference, table.into_view())?;
+        let (table, unloadable) = model_table(ctx, catalog, &model).await?;
+        skipped.extend(unloadable);
+        ctx.register_table(reference, table.frame.into_view())?;
     }
     Ok(skipped)
+}
+
+/// A model's logged predictions with one typed column per input and output.
+pub struct ModelTable {
+    /// The record columns, then the tensors' columns.
+    pub frame: DataFrame,
+    /// Which column holds each tensor.
+    pub columns: Vec<TensorColumn>,
+    /// The default version, whose types win where versions differ.
+    pub model: Arc<Model>,
+}
+
+/// Where a typed table keeps one input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorColumn {
+    /// `true` for an input, `false` for an output.
+    pub input: bool,
+    /// The tensor's name in the signature.
+    pub tensor: String,
+    /// The column's name (the tensor's, or prefixed `input_`/`output_` where taken).
+    pub column: String,
+    /// The column's type.
+    pub data_type: DataType,
+}
+
+impl ModelTable {
+    /// The column of the output named `tensor`.
+    pub fn output(&self, tensor: &str) -> Option<&TensorColumn> {
+        self.columns.iter().find(|c| !c.input && c.tensor == tensor)
+    }
+
+    /// The columns of the inputs, in signature order.
+    pub fn inputs(&self) -> impl Iterator<Item = &TensorColumn> {
+        self.columns.iter().filter(|c| c.input)
+    }
+}
+
+/// The typed table of `model`'s log records (needs `predictions` registered), with the
+/// versions on disk that could not be loaded (their records read in the other versions'
+/// columns).
+pub async fn model_table(
+    ctx: &SessionContext,
+    catalog: &crate::ModelCatalog,
+    model: &str,
+) -> Result<(ModelTable, Vec<(String, String)>), BatchError> {
+    let loaded = catalog.get(model, None)?;
+    let mut skipped = Vec::new();
+    // Every version on disk adds the inputs and outputs only it has: a model whose signature
+    // changed still reads as one table, older records with their own columns.
+    let mut versions = vec![loaded.clone()];
+    let mut on_disk = catalog
+        .repository()
+        .versions_on_disk(model)
+        .unwrap_or_default();
+    on_disk.sort_unstable_by(|a, b| b.cmp(a));
+    for version in on_disk.into_iter().filter(|v| *v != loaded.version()) {
+        match catalog.get(model, Some(&version.to_string())) {
+            Ok(other) => versions.push(other),
+            Err(e) => skipped.push((format!("{model} version {version}"), e.to_string())),
+        }
+    }
+    let (frame, columns) = typed_table(ctx, &versions).await?;
+    Ok((
+        ModelTable {
+            frame,
+            columns,
+            model: loaded,
+        },
+        skipped,
+    ))
 }
 
 /// The typed table of a model's versions, the default first: of a name several versions have,
@@ -287,7 +341,7 @@ pub async fn register_model_tables(
 async fn typed_table(
     ctx: &SessionContext,
     versions: &[Arc<Model>],
-) -> Result<DataFrame, BatchError> {
+) -> Result<(DataFrame, Vec<TensorColumn>), BatchError> {
     let Some(model) = versions.first() else {
         return Err(BatchError::Invalid("a typed table needs a model".into()));
     };
@@ -314,6 +368,7 @@ async fn typed_table(
     let mut taken: std::collections::HashSet<String> =
         RECORD_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
     let mut exprs: Vec<Expr> = RECORD_COLUMNS.iter().map(|c| col(*c)).collect();
+    let mut columns = Vec::new();
     for (side, fields) in [("inputs", &inputs), ("outputs", &outputs)] {
         let decoded = ScalarUDF::from(LoggedTensorsUdf::new(
             format!("serval_{side}_of_{}", model.name()),
@@ -341,14 +396,21 @@ async fn typed_table(
                 name.clone()
             };
             taken.insert(alias.clone());
-            exprs.push(get_field(decoded.clone(), name.as_str()).alias(alias));
+            exprs.push(get_field(decoded.clone(), name.as_str()).alias(alias.as_str()));
+            columns.push(TensorColumn {
+                input: side == "inputs",
+                tensor: name.clone(),
+                column: alias,
+                data_type: field.data_type().clone(),
+            });
         }
     }
-    Ok(ctx
+    let frame = ctx
         .table("predictions")
         .await?
         .filter(col("model").eq(lit(model.name())))?
-        .select(exprs)?)
+        .select(exprs)?;
+    Ok((frame, columns))
 }
 
 /// The type holding a field two versions type differently: a list of the item when both are

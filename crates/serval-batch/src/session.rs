@@ -28,6 +28,9 @@ pub struct SessionOptions {
     pub batch_size: usize,
     /// What `predict` does with rows it cannot predict.
     pub on_error: OnError,
+    /// Bytes that sorts, joins and aggregations may hold before they spill to temporary files
+    /// (default: unbounded). Model outputs and record batches in flight are not counted.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -36,6 +39,7 @@ impl Default for SessionOptions {
             partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch_size: 8192,
             on_error: OnError::Fail,
+            memory_limit: None,
         }
     }
 }
@@ -63,8 +67,12 @@ pub fn batch_session(
     // Snappy, the default of Spark, pyarrow and pandas, rather than DataFusion's zstd(3): it
     // writes several times faster, and batch outputs are usually read again soon.
     config.options_mut().execution.parquet.compression = Some("snappy".to_owned());
-    let runtime = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(LazyObjectStores::default()))
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(LazyObjectStores::default()));
+    if let Some(limit) = options.memory_limit {
+        runtime = runtime.with_memory_limit(limit, 1.0);
+    }
+    let runtime = runtime
         .build_arc()
         .unwrap_or_else(|_| unreachable!("a runtime with default limits always builds"));
     let ctx = SessionContext::new_with_config_rt(config, runtime).enable_url_table();

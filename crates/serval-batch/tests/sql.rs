@@ -36,6 +36,7 @@ fn options(batch_size: usize, on_error: OnError) -> SessionOptions {
         partitions: 2,
         batch_size,
         on_error,
+        memory_limit: None,
     }
 }
 

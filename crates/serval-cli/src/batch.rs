@@ -66,9 +66,9 @@ pub struct BatchArgs {
     time_column: Option<String>,
 }
 
-/// Knobs shared by `serval batch` and `serval sql`.
+/// Knobs shared by `serval batch`, `serval sql` and `serval profile`.
 #[derive(Args)]
-struct EngineArgs {
+pub(crate) struct EngineArgs {
     /// Rows that cannot be predicted: fail the job, skip them, or keep them with null predictions
     /// and the reason in `serval_error`. Skipped and null rows are counted and reported.
     #[arg(long, value_enum, default_value = "fail")]
@@ -93,7 +93,7 @@ enum BackendArg {
 }
 
 impl EngineArgs {
-    fn catalog(&self, repository: &RepositoryArgs) -> anyhow::Result<Arc<ModelCatalog>> {
+    pub(crate) fn catalog(&self, repository: &RepositoryArgs) -> anyhow::Result<Arc<ModelCatalog>> {
         let catalog = ModelCatalog::new(repository.open()?);
         let ort_available =
             serval_core::backend::ort_status(repository.ort_library.as_deref()).is_ok();
@@ -108,7 +108,7 @@ impl EngineArgs {
         }))
     }
 
-    fn session(&self) -> SessionOptions {
+    pub(crate) fn session(&self) -> SessionOptions {
         let defaults = SessionOptions::default();
         SessionOptions {
             partitions: self.partitions.unwrap_or(defaults.partitions),
@@ -118,6 +118,7 @@ impl EngineArgs {
                 OnErrorArg::Skip => OnError::Skip,
                 OnErrorArg::Null => OnError::Null,
             },
+            memory_limit: None,
         }
     }
 }
@@ -176,10 +177,21 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
         },
         time_column: args.time_column.clone(),
     };
+    run_job(catalog, job, args.explain)
+}
+
+/// Runs a job (or prints its plan), reporting its counts on stderr; closes its prediction log,
+/// so what it logged is rolled and queryable when this returns.
+pub(crate) fn run_job(
+    catalog: Arc<ModelCatalog>,
+    job: BatchJob,
+    explain: bool,
+) -> anyhow::Result<()> {
     let log = job.prediction_log.clone();
+    let output = job.output.clone();
     let result = runtime()?.block_on(async move {
         let run = BatchRun::plan(catalog, job).await?;
-        if args.explain {
+        if explain {
             println!("{}", run.explain().await?);
             return Ok(());
         }
@@ -199,7 +211,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
             manifest.model,
             manifest.version,
             manifest.files.len(),
-            args.output,
+            output,
         );
         for reason in report.first_errors() {
             eprintln!("  failed row: {reason}");
@@ -219,7 +231,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
 }
 
 /// A prediction log for one batch job: its own write-ahead folder, like a replica's.
-fn open_batch_log(
+pub(crate) fn open_batch_log(
     dir: &str,
     cache_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<serval_log::PredictionLog> {

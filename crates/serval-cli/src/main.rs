@@ -13,10 +13,12 @@ use serval_storage::RemoteRepository;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batch;
+mod eval;
 mod inspect;
 mod labels;
 mod models;
 mod predict;
+mod profile;
 mod serve;
 
 /// Serval: serve exported ONNX models resiliently — in-process, online, in bulk.
@@ -40,6 +42,10 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Run SQL with `predict(...)` over files and object-store URLs.
     Sql(batch::SqlArgs),
+    /// Model quality per window and version from the prediction log and its labels.
+    Eval(eval::EvalArgs),
+    /// Store a version's reference profile (its training data's inputs and outputs) for drift.
+    Profile(profile::ProfileArgs),
     /// Ground truth for logged predictions, joined to them by key.
     #[command(subcommand)]
     Labels(labels::LabelsCommand),
@@ -162,6 +168,8 @@ fn main() -> ExitCode {
         Command::Batch(args) => batch::run(args),
         Command::Sql(args) => batch::run_sql(args),
         Command::Labels(command) => labels::run(command),
+        Command::Eval(args) => eval::run(args),
+        Command::Profile(args) => profile::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

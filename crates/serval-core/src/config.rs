@@ -56,6 +56,8 @@ pub struct ModelConfig {
     pub instances: Option<usize>,
     /// What the prediction log records of this model (used when the server runs with one).
     pub logging: LoggingConfig,
+    /// How the model's logged predictions are evaluated (`serval eval`).
+    pub monitor: MonitorConfig,
 }
 
 impl Default for ModelConfig {
@@ -73,6 +75,7 @@ impl Default for ModelConfig {
             versions: VersionConfig::default(),
             instances: None,
             logging: LoggingConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -228,6 +231,32 @@ impl Default for LoggingConfig {
             durability: Durability::Buffered,
         }
     }
+}
+
+/// How the model's logged predictions are evaluated, `[monitor]` in `config.toml`. Everything is
+/// inferred from the signature when left out.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// What the model predicts (default: classification when an output is a class or a
+    /// `[N, C]` score, regression when the only output is one number per instance).
+    pub task: Option<MonitorTask>,
+    /// The output holding the predicted class or value.
+    pub prediction: Option<String>,
+    /// The output holding per-class scores (probabilities), column i for class i.
+    pub scores: Option<String>,
+    /// Fewer labelled rows in a window than this give no metrics, only the count (default 30).
+    pub min_labelled: Option<usize>,
+}
+
+/// What a model predicts, for choosing its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorTask {
+    /// A class per instance (accuracy, F1, ROC AUC, log loss, calibration).
+    Classification,
+    /// A number per instance (MAE, RMSE, MAPE, R²).
+    Regression,
 }
 
 /// When a logged prediction is answered, relative to its record reaching the disk.
