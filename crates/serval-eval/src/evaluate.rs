@@ -25,8 +25,8 @@ use crate::EvalError;
 use crate::collect::{ColumnQuality, Prepared, TensorCollectors, violations};
 use crate::drift::{self, DriftResult, Method};
 use crate::metrics::{
-    ClassTable, ClassificationAccumulator, ClassificationMetrics, RegressionAccumulator,
-    RegressionMetrics, argmax,
+    ClassTable, ClassificationAccumulator, ClassificationMetrics, ConfidenceEstimate,
+    RegressionAccumulator, RegressionMetrics, argmax,
 };
 use crate::profile::{ColumnProfile, DEFAULT_PROFILE_SAMPLE, Profile, WINDOW_SAMPLE};
 use crate::window::WindowSpec;
@@ -107,8 +107,9 @@ pub struct WindowReport {
     pub unusable_labels: u64,
     /// Realised metrics over the labelled rows.
     pub metrics: WindowMetrics,
-    /// Metrics estimated before labels arrive.
-    pub estimated: BTreeMap<String, f64>,
+    /// Metrics expected from the scores of every row, labelled or not (confidence-based
+    /// performance estimation: blind to concept drift); empty without scores.
+    pub estimated: BTreeMap<&'static str, f64>,
     /// Drift per input and output element, against the version's reference (empty without one).
     pub drift: BTreeMap<String, DriftResult>,
     /// Share of the tested columns that drifted (`null` without a reference).
@@ -601,14 +602,15 @@ struct OpenWindow {
 }
 
 enum Accumulator {
-    Classification(ClassificationAccumulator),
+    /// The labelled rows, and every row's scores for the estimate.
+    Classification(ClassificationAccumulator, ConfidenceEstimate),
     Regression(RegressionAccumulator),
 }
 
 impl Accumulator {
     fn labelled(&self) -> usize {
         match self {
-            Accumulator::Classification(a) => a.len(),
+            Accumulator::Classification(a, _) => a.len(),
             Accumulator::Regression(a) => a.len(),
         }
     }
@@ -750,21 +752,21 @@ impl Windows {
             if let Some((reference, collectors)) = &mut window.drift {
                 collectors.add_row(&tensors, row, Some(&reference.columns));
             }
-            if columns.label.is_null(row) {
-                continue;
-            }
-            let label = columns.label.value(row);
-            let label_value =
-                (!columns.label_value.is_null(row)).then(|| columns.label_value.value(row));
+            let label = (!columns.label.is_null(row)).then(|| {
+                let value =
+                    (!columns.label_value.is_null(row)).then(|| columns.label_value.value(row));
+                (columns.label.value(row), value)
+            });
             let classes = &mut self.target.classes;
             match &mut window.accumulator {
-                Accumulator::Regression(acc) => match (&columns.prediction, label_value) {
-                    (Prediction::Value(p), Some(truth)) if !p.is_null(row) => {
+                Accumulator::Regression(acc) => match (&columns.prediction, label) {
+                    (_, None) => {}
+                    (Prediction::Value(p), Some((_, Some(truth)))) if !p.is_null(row) => {
                         acc.push(truth, p.value(row))
                     }
                     _ => window.unusable_labels += 1,
                 },
-                Accumulator::Classification(acc) => {
+                Accumulator::Classification(acc, estimate) => {
                     let scores = columns.scores(row);
                     let predicted = match &columns.prediction {
                         Prediction::Id(p) if !p.is_null(row) => {
@@ -776,12 +778,16 @@ impl Windows {
                         Prediction::None => scores.map(|s| argmax(s).0),
                         _ => None,
                     };
-                    match predicted {
-                        Some(predicted) => {
-                            let truth = classes.label(label, label_value);
+                    if let (Some(predicted), Some(scores)) = (predicted, scores) {
+                        estimate.push(predicted, scores);
+                    }
+                    match (predicted, label) {
+                        (_, None) => {}
+                        (Some(predicted), Some((text, value))) => {
+                            let truth = classes.label(text, value);
                             acc.push(truth, predicted, scores);
                         }
-                        None => window.unusable_labels += 1,
+                        (None, Some(_)) => window.unusable_labels += 1,
                     }
                 }
             }
@@ -804,9 +810,10 @@ impl Windows {
             rows: 0,
             unusable_labels: 0,
             accumulator: match self.target.task {
-                MonitorTask::Classification => {
-                    Accumulator::Classification(ClassificationAccumulator::default())
-                }
+                MonitorTask::Classification => Accumulator::Classification(
+                    ClassificationAccumulator::default(),
+                    ConfidenceEstimate::default(),
+                ),
                 MonitorTask::Regression => {
                     Accumulator::Regression(RegressionAccumulator::default())
                 }
@@ -826,7 +833,7 @@ impl Windows {
             }
         } else {
             match &window.accumulator {
-                Accumulator::Classification(acc) => {
+                Accumulator::Classification(acc, _) => {
                     MetricValues::Classification(acc.finish(&self.target.classes))
                 }
                 Accumulator::Regression(acc) => MetricValues::Regression(acc.finish()),
@@ -860,7 +867,10 @@ impl Windows {
                 task: self.target.task,
                 values,
             },
-            estimated: BTreeMap::new(),
+            estimated: match &window.accumulator {
+                Accumulator::Classification(_, estimate) => estimate.finish(),
+                Accumulator::Regression(_) => BTreeMap::new(),
+            },
             drift,
             drift_share,
             data_quality,

@@ -304,6 +304,99 @@ fn expected_calibration_error<'a>(rows: impl Iterator<Item = (&'a [f64], &'a usi
         .sum()
 }
 
+/// Performance expected from the scores alone, before any label (NannyML's confidence-based
+/// performance estimation, CBPE, without calibration): a row's predicted class is right with the
+/// probability its score gives it. It assumes calibrated scores and no concept drift: when the
+/// relation between inputs and labels changes, the estimate does not move (the realised metric,
+/// once labels come, does).
+#[derive(Debug, Clone, Default)]
+pub struct ConfidenceEstimate {
+    predicted: Vec<usize>,
+    /// Row-major, `width` per row.
+    scores: Vec<f64>,
+    width: usize,
+}
+
+impl ConfidenceEstimate {
+    /// Adds one prediction, labelled or not; rows whose scores do not cover the predicted class
+    /// are left out.
+    pub fn push(&mut self, predicted: usize, scores: &[f64]) {
+        if (self.width != 0 && scores.len() != self.width) || predicted >= scores.len() {
+            return;
+        }
+        self.width = scores.len();
+        self.predicted.push(predicted);
+        self.scores.extend_from_slice(scores);
+    }
+
+    /// Expected `accuracy`, `macro_f1` (one-vs-rest over the scores' classes) and `roc_auc`
+    /// (class 1's for two classes, else the one-vs-rest mean); empty without rows.
+    pub fn finish(&self) -> BTreeMap<&'static str, f64> {
+        let mut estimated = BTreeMap::new();
+        if self.predicted.is_empty() || self.width < 2 {
+            return estimated;
+        }
+        let rows = || self.scores.chunks_exact(self.width).zip(&self.predicted);
+        let n = self.predicted.len() as f64;
+        estimated.insert("accuracy", rows().map(|(s, &p)| s[p]).sum::<f64>() / n);
+        let mut f1 = 0.0;
+        let mut aucs = Vec::with_capacity(self.width);
+        for class in 0..self.width {
+            let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+            for (s, &p) in rows() {
+                if p == class {
+                    tp += s[class];
+                    fp += 1.0 - s[class];
+                } else {
+                    fn_ += s[class];
+                }
+            }
+            let denominator = 2.0 * tp + fp + fn_;
+            f1 += if denominator > 0.0 {
+                2.0 * tp / denominator
+            } else {
+                0.0
+            };
+            let column: Vec<f64> = rows().map(|(s, _)| s[class]).collect();
+            aucs.push(expected_auc(&column));
+        }
+        estimated.insert("macro_f1", f1 / self.width as f64);
+        let auc = if self.width == 2 {
+            aucs[1]
+        } else {
+            aucs.iter().sum::<f64>() / aucs.len() as f64
+        };
+        if auc.is_finite() {
+            estimated.insert("roc_auc", auc);
+        }
+        estimated
+    }
+}
+
+/// The area under the expected ROC curve when row i is positive with probability `p[i]` and
+/// scored `p[i]`: over every pair, a positive scored above a negative counts 1, a tie ½ (a row
+/// with itself included, as the trapezoid over the expected curve counts it).
+fn expected_auc(p: &[f64]) -> f64 {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let (mut pairs, mut negatives_below) = (0.0, 0.0);
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && p[order[end]] == p[order[start]] {
+            end += 1;
+        }
+        let group = &order[start..end];
+        let positives: f64 = group.iter().map(|&i| p[i]).sum();
+        let negatives: f64 = group.iter().map(|&i| 1.0 - p[i]).sum();
+        pairs += positives * (negatives_below + 0.5 * negatives);
+        negatives_below += negatives;
+        start = end;
+    }
+    let positives: f64 = p.iter().sum();
+    pairs / (positives * negatives_below)
+}
+
 /// The highest score's column and value; the first of equal maxima, as numpy's `argmax`.
 pub(crate) fn argmax(scores: &[f64]) -> (usize, f64) {
     scores.iter().enumerate().fold(

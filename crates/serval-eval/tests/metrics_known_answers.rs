@@ -2,7 +2,9 @@
 //! them on its bundled datasets and writes `metrics.json`).
 
 use serde_json::Value;
-use serval_eval::metrics::{ClassTable, ClassificationAccumulator, RegressionAccumulator};
+use serval_eval::metrics::{
+    ClassTable, ClassificationAccumulator, ConfidenceEstimate, RegressionAccumulator,
+};
 
 /// Closed forms agree with scikit-learn to ~1e-12; sums in another order differ in the last bits.
 const TOLERANCE: f64 = 1e-9;
@@ -83,9 +85,18 @@ fn metrics_equal_scikit_learns() {
                 let width = scores.as_ref().and_then(|s| s.first()).map(Vec::len);
                 let classes = ClassTable::new(&names, width);
                 let mut acc = ClassificationAccumulator::default();
+                let mut estimate = ConfidenceEstimate::default();
                 for (i, (t, p)) in labels.iter().zip(predicted).enumerate() {
                     let index = |v: &Value| v.as_u64().expect("a class index") as usize;
-                    acc.push(index(t), index(p), scores.as_ref().map(|s| s[i].as_slice()));
+                    let row_scores = scores.as_ref().map(|s| s[i].as_slice());
+                    acc.push(index(t), index(p), row_scores);
+                    if let Some(row_scores) = row_scores {
+                        estimate.push(index(p), row_scores);
+                    }
+                }
+                if !case["estimated"].is_null() {
+                    let estimated = serde_json::to_value(estimate.finish()).expect("serializes");
+                    assert_matches(name, "estimated", &estimated, &case["estimated"]);
                 }
                 serde_json::to_value(acc.finish(&classes)).expect("serializes")
             }
