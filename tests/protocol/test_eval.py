@@ -446,6 +446,68 @@ def test_estimates_track_covariate_shift_but_not_concept_shift(breast, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
+# b''. Rules and alerts
+# ---------------------------------------------------------------------------------------------
+
+RULES = """
+[[monitor.rules]]
+metric = "accuracy"
+below = 0.9
+severity = "critical"
+
+[[monitor.rules]]
+name = "labels missing"
+metric = "label_coverage"
+below = 0.5
+
+[[monitor.rules]]
+name = "two bad days"
+metric = "log_loss"
+above = 0.5
+windows = 2
+"""
+
+
+def repo_with_rules(tmp_path: Path, rules: str) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo)
+    with (repo / MODEL / "config.toml").open("a") as f:
+        f.write(rules)
+    return repo
+
+
+def test_a_rule_fires_in_the_window_where_it_starts_to_hold_and_in_no_other(breast, tmp_path):
+    """Concept shift on days 3-4: `accuracy < 0.9` fires on day 3 only (still failing on day 4 is
+    the same incident), `log_loss > 0.5` for 2 windows on day 4 only, full label coverage never."""
+    log = fresh_log(breast.log, tmp_path)
+    day = breast.day()
+    truth = breast.truth.copy()
+    rng = np.random.default_rng(1)
+    for d in (2, 3):
+        rows = np.flatnonzero(day == d)
+        truth[rng.choice(rows, int(0.3 * len(rows)), replace=False)] ^= 1
+    import_labels(log, tmp_path / "labels.csv", zip(breast.keys, truth.tolist()))
+    repo = repo_with_rules(tmp_path, RULES)
+    report = eval_json(log, "--window", "1d", repo=repo)
+    fired = [[a["rule"] for a in w["alerts"]] for w in report]
+    assert fired == [[], [], ["accuracy < 0.9"], ["two bad days"]], fired
+    alert = next(a for a in report[2]["alerts"] if a["rule"] == "accuracy < 0.9")
+    assert alert == {
+        "model": MODEL, "version": 1, "window_start": report[2]["window_start"],
+        "window_end": report[2]["window_end"], "rule": "accuracy < 0.9", "metric": "accuracy",
+        "value": report[2]["metrics"]["accuracy"], "condition": "below", "threshold": 0.9,
+        "windows": 1, "severity": "critical", "rows": report[2]["rows"],
+        "label_coverage": report[2]["label_coverage"],
+    }
+
+
+def test_a_malformed_rule_is_refused_naming_it(breast, tmp_path):
+    repo = repo_with_rules(tmp_path, '[[monitor.rules]]\nmetric = "accuracy"\nbelow = 0.9\nabove = 0.1\n')
+    result = run_eval(breast.log, repo=repo)
+    assert result.returncode != 0 and "monitor.rules" in result.stderr and "accuracy" in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # c. Partial labels, replaced labels, duplicate predictions, mixed label types
 # ---------------------------------------------------------------------------------------------
 

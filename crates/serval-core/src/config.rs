@@ -247,6 +247,45 @@ pub struct MonitorConfig {
     pub scores: Option<String>,
     /// Fewer labelled rows in a window than this give no metrics, only the count (default 30).
     pub min_labelled: Option<usize>,
+    /// When a window's values call for attention (`[[monitor.rules]]`).
+    pub rules: Vec<MonitorRule>,
+}
+
+/// One alerting rule: a window value below or above a threshold, or falling, for some
+/// consecutive windows. It fires in the window where its condition starts to hold, and again
+/// only after the condition has cleared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorRule {
+    /// What the alert is called (default: the metric and the condition, e.g. `accuracy < 0.9`).
+    pub name: Option<String>,
+    /// The window value: a metric (`accuracy`, `macro_f1`, `roc_auc`, `log_loss`, `ece`, `mae`,
+    /// `rmse`, `mape`, `r2`, `f1.<class>`, …), `estimated.<metric>`, `drift_share`,
+    /// `drift.<column>` (the column's test value), `label_coverage`, `rows`, `labelled`, or
+    /// `data_quality` (columns with a finding).
+    pub metric: String,
+    /// Holds when the value is below this.
+    pub below: Option<f64>,
+    /// Holds when the value is above this.
+    pub above: Option<f64>,
+    /// Holds when the value fell from one window to the next this many times in a row.
+    pub falling: Option<usize>,
+    /// Consecutive windows the condition must hold before the rule fires (default 1).
+    pub windows: Option<usize>,
+    /// How urgent the alert is.
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    #[default]
+    Warning,
+    /// The model is not fit for purpose.
+    Critical,
 }
 
 /// What a model predicts, for choosing its metrics.

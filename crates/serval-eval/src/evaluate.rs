@@ -29,6 +29,7 @@ use crate::metrics::{
     RegressionAccumulator, RegressionMetrics, argmax,
 };
 use crate::profile::{ColumnProfile, DEFAULT_PROFILE_SAMPLE, Profile, WINDOW_SAMPLE};
+use crate::rules::{self, Alert};
 use crate::window::WindowSpec;
 
 /// Labelled rows a window needs for metrics when neither the options nor `[monitor]` say.
@@ -116,8 +117,8 @@ pub struct WindowReport {
     pub drift_share: Option<f64>,
     /// Columns whose values broke the reference's range, categories or variety, or were missing.
     pub data_quality: BTreeMap<String, ColumnQuality>,
-    /// Rules that fired in this window.
-    pub alerts: Vec<serde_json::Value>,
+    /// Rules (`[[monitor.rules]]`) that fired in this window.
+    pub alerts: Vec<Alert>,
     #[serde(skip)]
     start_us: i64,
 }
@@ -169,6 +170,8 @@ pub async fn evaluate(
 ) -> Result<Vec<WindowReport>, EvalError> {
     let log = LogQuery::open(catalog.clone(), root, options).await?;
     let target = Target::choose(&log.table, &log.signature, options)?;
+    let rules = log.table.model.config().monitor.rules.clone();
+    rules::validate(&rules)?;
     let references = match &options.reference {
         Reference::Stored => References::Stored {
             repository: catalog.repository().root().to_path_buf(),
@@ -210,7 +213,9 @@ pub async fn evaluate(
     while let Some(batch) = stream.try_next().await? {
         windows.add(&batch)?;
     }
-    Ok(windows.finish())
+    let mut reports = windows.finish();
+    rules::apply(&options.model, &rules, &mut reports)?;
+    Ok(reports)
 }
 
 /// Profiles a model's logged records (every input and output element): the reference of

@@ -10,6 +10,7 @@ mod error;
 mod evaluate;
 pub mod metrics;
 pub mod profile;
+mod rules;
 mod window;
 
 pub use collect::ColumnQuality;
@@ -18,4 +19,5 @@ pub use evaluate::{
     EvalOptions, InsufficientData, MetricValues, Reference, WindowMetrics, WindowReport, evaluate,
     profile_log,
 };
+pub use rules::Alert;
 pub use window::WindowSpec;
