@@ -2,6 +2,7 @@
 //! from files for it.
 //!
 //! Tables: `predictions` (every model's records), `label_history` (every label received),
+//! `alerts` (every rule that fired, `serval eval watch`),
 //! `labels` (the latest label of each model's key: a later label replaces an earlier one) and
 //! `orphan_labels` (labels of keys that have no logged prediction), and one typed table per
 //! model ([`register_model_tables`]).
@@ -47,6 +48,11 @@ pub async fn register_prediction_log(
             "label_history",
             serval_log::LABELS_DIR,
             serval_log::labels_schema(),
+        ),
+        (
+            "alerts",
+            serval_log::ALERTS_DIR,
+            serval_log::alerts_schema(),
         ),
     ];
     for (name, folder, schema) in tables {

@@ -2,15 +2,163 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serval_batch::ModelCatalog;
 use serval_core::config::MonitorTask;
+use serval_eval::deliver::Delivery;
 use serval_eval::drift::Method;
-use serval_eval::{EvalOptions, MetricValues, Reference, WindowReport, WindowSpec};
+use serval_eval::{
+    EvalOptions, MetricValues, Monitor, MonitorOptions, Reference, WindowReport, WindowSpec,
+};
 
 use crate::RepositoryArgs;
+
+/// Arguments of `serval eval watch`.
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// The prediction log: a directory or object-store URL.
+    #[arg(
+        long = "prediction-log",
+        value_name = "DIR",
+        env = "SERVAL_PREDICTION_LOG"
+    )]
+    prediction_log: String,
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    /// Evaluate once and exit (for cron, CI and tests).
+    #[arg(long)]
+    once: bool,
+}
+
+/// How continuous evaluation runs, shared with `serval serve --evaluate-every`.
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Time between evaluations (30s, 5m, 1h; `serval eval watch`: 5m by default, `serval serve`:
+    /// no evaluation without it).
+    #[arg(long = "evaluate-every", value_name = "DURATION")]
+    pub every: Option<String>,
+    /// The windows evaluated (a length aligned to UTC, or Nrows).
+    #[arg(long = "evaluate-window", value_name = "WINDOW", default_value = "1d")]
+    window: String,
+    /// Only these models (default: every model of the repository).
+    #[arg(long = "evaluate-model", value_name = "MODEL")]
+    models: Vec<String>,
+    /// POST every alert here (besides each model's `webhooks` under [monitor]); retried with
+    /// exponential backoff and jitter.
+    #[arg(long, value_name = "URL")]
+    webhook: Vec<String>,
+    /// Key of the HMAC-SHA256 signature sent in `x-serval-signature-256: sha256=<hex>`.
+    #[arg(long, env = "SERVAL_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Attempts per webhook, the first included.
+    #[arg(long, default_value_t = 5)]
+    webhook_attempts: u32,
+    /// Names this evaluator's alert files (default: hostname and start time).
+    #[arg(long = "evaluator-id")]
+    evaluator_id: Option<String>,
+}
+
+impl MonitorArgs {
+    /// The interval between polls.
+    pub fn interval(&self) -> anyhow::Result<Duration> {
+        let every = self.every.as_deref().unwrap_or("5m");
+        match every.parse::<WindowSpec>() {
+            Ok(WindowSpec::Time { micros }) => Ok(Duration::from_micros(micros as u64)),
+            _ => bail!("--evaluate-every {every}: expected a duration like 30s, 5m or 1h"),
+        }
+    }
+
+    /// Polls on a thread of its own every interval, for the life of the process (`serval
+    /// serve`): the first poll at once.
+    pub fn spawn(
+        &self,
+        repository: serval_core::ModelRepository,
+        location: &str,
+    ) -> anyhow::Result<()> {
+        let interval = self.interval()?;
+        let mut monitor = self.monitor(repository, location)?;
+        std::thread::Builder::new()
+            .name("serval-evaluate".into())
+            .spawn(move || {
+                loop {
+                    poll_and_report(&mut monitor);
+                    std::thread::sleep(interval);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// A monitor of `repository`'s models over the log at `location`.
+    pub fn monitor(
+        &self,
+        repository: serval_core::ModelRepository,
+        location: &str,
+    ) -> anyhow::Result<Monitor> {
+        let window: WindowSpec = self.window.parse().map_err(|e: serval_eval::EvalError| {
+            anyhow::anyhow!("{}", e.to_string().replace("--window", "--evaluate-window"))
+        })?;
+        let options = MonitorOptions {
+            models: self.models.clone(),
+            window,
+            delivery: Delivery {
+                webhooks: self.webhook.clone(),
+                secret: self.webhook_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+                attempts: self.webhook_attempts.max(1),
+                ..Delivery::default()
+            },
+            replica_id: self
+                .evaluator_id
+                .clone()
+                .unwrap_or_else(|| format!("eval-{}", serval_log::default_replica_id())),
+            memory_limit: Some(1024 * 1024 * 1024),
+        };
+        let root = serval_log::LogRoot::parse(location)?;
+        Ok(Monitor::new(
+            Arc::new(ModelCatalog::new(repository)),
+            root,
+            options,
+        )?)
+    }
+}
+
+/// One poll: each alert fired as a JSON line on stdout (with its deliveries), problems on stderr.
+pub fn poll_and_report(monitor: &mut Monitor) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let poll = monitor.poll(now);
+    for (model, error) in &poll.errors {
+        tracing::error!(model, error, "cannot evaluate");
+    }
+    let mut out = std::io::stdout().lock();
+    for (alert, delivered) in &poll.fired {
+        let line = serde_json::json!({"alert": alert, "delivery": delivered});
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+    tracing::info!(
+        windows = poll.windows,
+        fired = poll.fired.len(),
+        "evaluated"
+    );
+}
+
+pub fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    let interval = args.monitor.interval()?;
+    let mut monitor = args
+        .monitor
+        .monitor(args.repository.open()?, &args.prediction_log)?;
+    loop {
+        poll_and_report(&mut monitor);
+        if args.once {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
+}
 
 /// Arguments of `serval eval`.
 #[derive(Args)]

@@ -44,6 +44,11 @@ enum Command {
     Sql(batch::SqlArgs),
     /// Model quality per window and version from the prediction log and its labels.
     Eval(eval::EvalArgs),
+    /// Evaluate every model's newest windows again and again; deliver each alert its rules
+    /// fire once (webhooks, `on_alert` command) and record it in the log's `alerts` table.
+    /// Spelled `serval eval watch`.
+    #[command(name = "eval-watch", hide = true)]
+    EvalWatch(eval::WatchArgs),
     /// Store a version's reference profile (its training data's inputs and outputs) for drift.
     Profile(profile::ProfileArgs),
     /// Ground truth for logged predictions, joined to them by key.
@@ -146,6 +151,16 @@ impl RepositoryArgs {
     }
 }
 
+/// `serval eval watch ...` is the hidden `eval-watch` command: clap cannot give `eval` both
+/// required arguments of its own and a subcommand.
+fn spelled_commands(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    if args.get(1).is_some_and(|a| a == "eval") && args.get(2).is_some_and(|a| a == "watch") {
+        args.splice(1..3, [std::ffi::OsString::from("eval-watch")]);
+    }
+    args
+}
+
 fn main() -> ExitCode {
     // tract raises anyhow errors on hot paths; capturing backtraces for them doubles latency.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
@@ -159,7 +174,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(spelled_commands(std::env::args_os()));
     let res = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Predict(args) => predict::run(args),
@@ -169,6 +184,7 @@ fn main() -> ExitCode {
         Command::Sql(args) => batch::run_sql(args),
         Command::Labels(command) => labels::run(command),
         Command::Eval(args) => eval::run(args),
+        Command::EvalWatch(args) => eval::run_watch(args),
         Command::Profile(args) => profile::run(args),
     };
     match res {

@@ -15,6 +15,10 @@ use crate::RepositoryArgs;
 pub struct ServeArgs {
     #[command(flatten)]
     repository: RepositoryArgs,
+    /// Continuous evaluation of the prediction log (with `--evaluate-every`), as `serval eval
+    /// watch` does: windowed metrics as gauges, alerts delivered and recorded.
+    #[command(flatten)]
+    monitor: crate::eval::MonitorArgs,
     /// Address to listen on.
     #[arg(long, env = "SERVAL_HOST", default_value = "0.0.0.0")]
     host: IpAddr,
@@ -202,6 +206,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => args.repository.open()?,
     };
+    if args.monitor.every.is_some() {
+        let Some(location) = &args.log.dir else {
+            anyhow::bail!(
+                "--evaluate-every needs --prediction-log: it evaluates the logged predictions"
+            );
+        };
+        // The recorder first: the evaluator's gauges are served on /metrics.
+        serval_server::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+        args.monitor.spawn(repository.clone(), location)?;
+    }
     let shutdown = {
         let _context = runtime.enter();
         shutdown_signal()

@@ -249,6 +249,11 @@ pub struct MonitorConfig {
     pub min_labelled: Option<usize>,
     /// When a window's values call for attention (`[[monitor.rules]]`).
     pub rules: Vec<MonitorRule>,
+    /// URLs every alert of this model is POSTed to (besides the evaluator's `--webhook`s).
+    pub webhooks: Vec<String>,
+    /// A command run once per alert with the alert as JSON on stdin (e.g. a retraining
+    /// trigger): program and arguments, no shell. Its exit status is recorded with the alert.
+    pub on_alert: Vec<String>,
 }
 
 /// One alerting rule: a window value below or above a threshold, or falling, for some

@@ -28,6 +28,11 @@ pub(crate) fn kind_of(data_type: &DataType) -> ColumnKind {
     }
 }
 
+/// `array` as `to` (Arrow's cast), failing as the query engine does.
+pub(crate) fn cast_to(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, EvalError> {
+    Ok(cast(array, to).map_err(datafusion::error::DataFusionError::from)?)
+}
+
 /// A batch's tensor column, cast once for every window that reads it.
 pub(crate) enum Prepared {
     Numbers(Float64Array),
@@ -38,7 +43,6 @@ pub(crate) enum Prepared {
 
 impl Prepared {
     pub(crate) fn of(array: &ArrayRef) -> Result<Prepared, EvalError> {
-        let engine = datafusion::error::DataFusionError::from;
         let list_of = |item: DataType| DataType::List(Arc::new(Field::new_list_field(item, true)));
         let is_list = matches!(
             array.data_type(),
@@ -47,27 +51,19 @@ impl Prepared {
         let text = matches!(kind_of(array.data_type()), ColumnKind::Categorical)
             && !is_numeric_item(array.data_type());
         Ok(match (is_list, text) {
-            (false, false) => Prepared::Numbers(
-                cast(array, &DataType::Float64)
-                    .map_err(engine)?
-                    .as_primitive()
-                    .clone(),
-            ),
-            (false, true) => Prepared::Texts(
-                cast(array, &DataType::Utf8)
-                    .map_err(engine)?
-                    .as_string::<i32>()
-                    .clone(),
-            ),
+            (false, false) => {
+                Prepared::Numbers(cast_to(array, &DataType::Float64)?.as_primitive().clone())
+            }
+            (false, true) => {
+                Prepared::Texts(cast_to(array, &DataType::Utf8)?.as_string::<i32>().clone())
+            }
             (true, false) => Prepared::NumberLists(
-                cast(array, &list_of(DataType::Float64))
-                    .map_err(engine)?
+                cast_to(array, &list_of(DataType::Float64))?
                     .as_list::<i32>()
                     .clone(),
             ),
             (true, true) => Prepared::TextLists(
-                cast(array, &list_of(DataType::Utf8))
-                    .map_err(engine)?
+                cast_to(array, &list_of(DataType::Utf8))?
                     .as_list::<i32>()
                     .clone(),
             ),

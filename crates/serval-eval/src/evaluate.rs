@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
-    UInt64Array,
+    Array, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray, UInt64Array,
 };
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type};
 use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
@@ -22,7 +20,7 @@ use serval_core::{DataType as TensorType, Signature};
 use serval_log::LogRoot;
 
 use crate::EvalError;
-use crate::collect::{ColumnQuality, Prepared, TensorCollectors, violations};
+use crate::collect::{ColumnQuality, Prepared, TensorCollectors, cast_to, violations};
 use crate::drift::{self, DriftResult, Method};
 use crate::metrics::{
     ClassTable, ClassificationAccumulator, ClassificationMetrics, ConfidenceEstimate,
@@ -637,10 +635,6 @@ enum Prediction {
     Id(Int64Array),
     Name(StringArray),
     Value(Float64Array),
-}
-
-fn cast_to(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, EvalError> {
-    Ok(cast(array, to).map_err(datafusion::error::DataFusionError::from)?)
 }
 
 impl Columns {

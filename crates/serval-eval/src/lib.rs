@@ -5,10 +5,12 @@
 //! through in time order and only the open windows' accumulators are held.
 
 mod collect;
+pub mod deliver;
 pub mod drift;
 mod error;
 mod evaluate;
 pub mod metrics;
+mod monitor;
 pub mod profile;
 mod rules;
 mod window;
@@ -19,5 +21,6 @@ pub use evaluate::{
     EvalOptions, InsufficientData, MetricValues, Reference, WindowMetrics, WindowReport, evaluate,
     profile_log,
 };
+pub use monitor::{Monitor, MonitorOptions, Poll};
 pub use rules::Alert;
 pub use window::WindowSpec;

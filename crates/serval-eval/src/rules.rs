@@ -271,7 +271,9 @@ mod tests {
             assert!(validate(&[bad]).is_err());
         }
         assert_eq!(
-            Rule::new(&rule(Some(0.9), None, None), 0).map(|r| r.name).ok(),
+            Rule::new(&rule(Some(0.9), None, None), 0)
+                .map(|r| r.name)
+                .ok(),
             Some("accuracy < 0.9".to_owned())
         );
     }

@@ -21,6 +21,9 @@ pub use error::LogError;
 pub use record::{
     Label, LabelBatch, LabelRecord, LoggedRequest, PredictionRecord, Source, sampled,
 };
-pub use roll::{LABELS_DIR, PREDICTIONS_DIR, labels_schema, predictions_schema};
+pub use roll::{
+    ALERTS_DIR, LABELS_DIR, PREDICTIONS_DIR, alerts_schema, labels_schema, predictions_schema,
+    write_table_file,
+};
 pub use root::LogRoot;
 pub use writer::{Ack, LogOptions, LogStats, PredictionLog, WAL_DIR, default_replica_id};

@@ -64,6 +64,55 @@ pub fn labels_schema() -> SchemaRef {
     ]))
 }
 
+/// Folder of the `alerts` table (every rule that fired, with what became of its deliveries).
+pub const ALERTS_DIR: &str = "alerts";
+
+/// The columns of every alerts file (`model` and `date`, the day it fired, are partitions).
+pub fn alerts_schema() -> SchemaRef {
+    let ts = |name: &str| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )
+    };
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let float = |name: &str| Field::new(name, DataType::Float64, false);
+    let count = |name: &str| Field::new(name, DataType::UInt64, false);
+    Arc::new(Schema::new(vec![
+        count("version"),
+        text("slice", true),
+        ts("window_start"),
+        ts("window_end"),
+        text("rule", false),
+        text("metric", false),
+        float("value"),
+        text("condition", false),
+        float("threshold"),
+        count("windows"),
+        text("severity", false),
+        count("rows"),
+        float("label_coverage"),
+        ts("fired_at"),
+        text("delivery", false),
+    ]))
+}
+
+/// Writes one file of a table, `<table>/model=<m>/date=<d>/<stem>.parquet`, in one atomic step
+/// (for tables written outside the segment path, such as `alerts`). Not from inside an async
+/// runtime: an object store is written on a runtime of its own.
+pub fn write_table_file(
+    root: &crate::LogRoot,
+    table: &str,
+    model: &str,
+    date: &str,
+    stem: &str,
+    batch: RecordBatch,
+) -> Result<(), LogError> {
+    let file = partition_file(table, model, date, stem);
+    Destination::new(root.clone())?.put(&file, encode(&file, Ok(batch))?)
+}
+
 /// A segment's records sorted into the files they go to.
 #[derive(Default)]
 struct Tables {
