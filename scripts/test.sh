@@ -66,6 +66,29 @@ run_stage "pip install" python3 -m pip install --quiet --disable-pip-version-che
     -r tests/protocol/requirements.txt -r tests/models/requirements.txt ||
     stop "pip install -r tests/protocol/requirements.txt -r tests/models/requirements.txt"
 
+# The dashboard test loads /dashboard in a real headless browser: Debian's chromium. Installed
+# when missing and apt-get can (root, or passwordless sudo); otherwise that test says it is
+# skipped and why.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        echo "chromium: $(chromium --version 2>/dev/null)"
+        return 0
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            echo "chromium is missing and apt-get needs root: tests/protocol/test_dashboard.py will be skipped"
+            return 0
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "chromium is missing and there is no apt-get: tests/protocol/test_dashboard.py will be skipped"
+        return 0
+    fi
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+}
+run_stage "install chromium" install_chromium || true
+
 run_stage "cargo build" cargo build --workspace --bins || stop "cargo build --workspace --bins"
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -73,6 +73,8 @@ class Scenario:
     ref: dict[str, np.ndarray]  # column -> the reference values (float32 as float64; label int)
     cur: dict[str, np.ndarray]  # column -> the 284 logged values, in the order of `day`
     day: np.ndarray  # 0..3 for every logged row
+    keys: np.ndarray  # the logged rows' keys, in the order of `day`
+    truth: np.ndarray  # their true classes
     report: list[dict]  # `serval eval --window 1d --format json` with the profile
 
     def window(self, column: str, d: int) -> np.ndarray:
@@ -90,7 +92,7 @@ def columns_of(X: np.ndarray, label: np.ndarray, scores: np.ndarray) -> dict[str
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory) -> Scenario:
     tmp = tmp_path_factory.mktemp("drift")
-    X, _ = load_breast_cancer(return_X_y=True)
+    X, y = load_breast_cancer(return_X_y=True)
     rng = np.random.default_rng(42)
     idx = rng.permutation(len(X))  # notes §6.2: reference idx[:285], current idx[285:]
     train, logged = idx[:285], idx[285:]
@@ -141,7 +143,7 @@ def scenario(tmp_path_factory) -> Scenario:
     report = eval_json(log, "--window", "1d", repo=repo)
     assert len(report) == 4, [w["window_start"] for w in report]
     assert [w["rows"] for w in report] == [DAY_SIZE] * 4
-    return Scenario(repo, log, tmp / "train.csv", profile, ref, cur, day, report)
+    return Scenario(repo, log, tmp / "train.csv", profile, ref, cur, day, keys, y[logged], report)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -315,6 +315,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             })
             .transpose()?,
         drift_threshold: args.drift_threshold,
+        histograms: false,
     };
     if let (Some(from), Some(to)) = (options.from_us, options.to_us)
         && from >= to

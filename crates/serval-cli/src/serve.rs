@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -160,7 +161,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?,
         )),
     };
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         http_addr: SocketAddr::new(args.host, args.http_port),
         grpc_addr: SocketAddr::new(args.host, args.grpc_port),
         metrics_addr,
@@ -179,6 +180,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         precomputed: args.precomputed,
         strict_readiness: args.strict_readiness,
         prediction_log: args.log.options(args.repository.cache_dir.as_deref())?,
+        pages: None,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.io_threads {
@@ -206,6 +208,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => args.repository.open()?,
     };
+    if let Some(location) = &args.log.dir {
+        // The dashboard reads the log this server writes (and whatever else is in it).
+        config.pages = Some(serval_dashboard::router(
+            Arc::new(serval_batch::ModelCatalog::new(repository.clone())),
+            serval_log::LogRoot::parse(location)?,
+        ));
+    }
     if args.monitor.every.is_some() {
         let Some(location) = &args.log.dir else {
             anyhow::bail!(

@@ -26,7 +26,7 @@ use crate::metrics::{
     ClassTable, ClassificationAccumulator, ClassificationMetrics, ConfidenceEstimate,
     RegressionAccumulator, RegressionMetrics, argmax,
 };
-use crate::profile::{ColumnProfile, DEFAULT_PROFILE_SAMPLE, Profile, WINDOW_SAMPLE};
+use crate::profile::{ColumnProfile, DEFAULT_PROFILE_SAMPLE, Histogram, Profile, WINDOW_SAMPLE};
 use crate::rules::{self, Alert};
 use crate::window::WindowSpec;
 
@@ -67,6 +67,33 @@ pub struct EvalOptions {
     pub drift_method: Option<Method>,
     /// The drift threshold (default: the method's).
     pub drift_threshold: Option<f64>,
+    /// Add each drift column's reference and window histograms to the reports (for plots).
+    pub histograms: bool,
+}
+
+impl EvalOptions {
+    /// Every record of `model`'s default signature, compared with the stored profiles, and
+    /// everything else inferred.
+    pub fn new(model: impl Into<String>, window: WindowSpec) -> EvalOptions {
+        EvalOptions {
+            model: model.into(),
+            version: None,
+            signature: None,
+            window,
+            from_us: None,
+            to_us: None,
+            slice: None,
+            min_labelled: None,
+            prediction: None,
+            scores: None,
+            task: None,
+            memory_limit: None,
+            reference: Reference::Stored,
+            drift_method: None,
+            drift_threshold: None,
+            histograms: false,
+        }
+    }
 }
 
 /// What windows are compared with.
@@ -115,6 +142,9 @@ pub struct WindowReport {
     pub drift_share: Option<f64>,
     /// Columns whose values broke the reference's range, categories or variety, or were missing.
     pub data_quality: BTreeMap<String, ColumnQuality>,
+    /// Each drift column's reference and window distributions (with `histograms`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub histograms: BTreeMap<String, Histogram>,
     /// Rules (`[[monitor.rules]]`) that fired in this window.
     pub alerts: Vec<Alert>,
     #[serde(skip)]
@@ -228,21 +258,8 @@ pub async fn profile_log(
     sample_size: usize,
 ) -> Result<Profile, EvalError> {
     let options = EvalOptions {
-        model: model.to_owned(),
-        version: None,
         signature: signature.map(str::to_owned),
-        window: WindowSpec::Rows(u64::MAX),
-        from_us: None,
-        to_us: None,
-        slice: None,
-        min_labelled: None,
-        prediction: None,
-        scores: None,
-        task: None,
-        memory_limit: None,
-        reference: Reference::Stored,
-        drift_method: None,
-        drift_threshold: None,
+        ..EvalOptions::new(model, WindowSpec::Rows(u64::MAX))
     };
     let log = LogQuery::open(catalog, root, &options).await?;
     let nothing = Target::nothing();
@@ -590,6 +607,7 @@ struct Windows {
     tensors: Vec<TensorColumn>,
     drift_method: Option<Method>,
     drift_threshold: Option<f64>,
+    histograms: bool,
     open: HashMap<(u64, Option<String>), OpenWindow>,
     closed: Vec<WindowReport>,
 }
@@ -714,6 +732,7 @@ impl Windows {
             tensors,
             drift_method: options.drift_method,
             drift_threshold: options.drift_threshold,
+            histograms: options.histograms,
             open: HashMap::new(),
             closed: Vec::new(),
         }
@@ -842,16 +861,28 @@ impl Windows {
             WindowSpec::Time { micros } => window.start_us + micros,
             WindowSpec::Rows(_) => window.last_us,
         };
-        let (drift, drift_share, data_quality) = match window.drift {
+        let (drift, drift_share, data_quality, histograms) = match window.drift {
             Some((reference, collectors)) => {
                 let current = collectors.finish();
                 let drift = self.drift(&reference, &current);
                 let share = (!drift.is_empty()).then(|| {
                     drift.values().filter(|d| d.drifted).count() as f64 / drift.len() as f64
                 });
-                (drift, share, violations(&current))
+                let histograms = if self.histograms {
+                    current
+                        .iter()
+                        .filter(|(name, _, _)| drift.contains_key(name))
+                        .filter_map(|(name, window, _)| {
+                            let known = reference.columns.get(name)?;
+                            Some((name.clone(), Histogram::of(known, window)))
+                        })
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                };
+                (drift, share, violations(&current), histograms)
             }
-            None => (BTreeMap::new(), None, BTreeMap::new()),
+            None => (BTreeMap::new(), None, BTreeMap::new(), BTreeMap::new()),
         };
         self.closed.push(WindowReport {
             window_start: rfc3339(window.start_us),
@@ -873,6 +904,7 @@ impl Windows {
             drift,
             drift_share,
             data_quality,
+            histograms,
             alerts: Vec::new(),
             start_us: window.start_us,
         });

@@ -17,7 +17,7 @@ use serval_batch::ModelCatalog;
 use serval_log::LogRoot;
 
 use crate::deliver::{Delivered, Delivery};
-use crate::evaluate::{EvalOptions, Reference, WindowReport, evaluate};
+use crate::evaluate::{EvalOptions, WindowReport, evaluate};
 use crate::rules::Alert;
 use crate::{EvalError, WindowSpec};
 
@@ -134,21 +134,9 @@ impl Monitor {
             WindowSpec::Rows(_) => None,
         };
         let options = EvalOptions {
-            model: model.to_owned(),
-            version: None,
-            signature: None,
-            window: self.options.window,
             from_us,
-            to_us: None,
-            slice: None,
-            min_labelled: None,
-            prediction: None,
-            scores: None,
-            task: None,
             memory_limit: self.options.memory_limit,
-            reference: Reference::Stored,
-            drift_method: None,
-            drift_threshold: None,
+            ..EvalOptions::new(model, self.options.window)
         };
         let reports =
             self.runtime

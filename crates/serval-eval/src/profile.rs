@@ -131,6 +131,83 @@ impl ColumnProfile {
     }
 }
 
+/// A column's distribution in a reference and in a window, on shared bins, for plots.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Histogram {
+    /// Numerical columns: the bins' edges (one more than bins), equal widths over both ranges.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<f64>,
+    /// Categorical columns: the categories (the reference's most frequent first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// The reference's share per bin.
+    pub reference: Vec<f64>,
+    /// The window's share per bin.
+    pub current: Vec<f64>,
+}
+
+/// Bins of a numerical column's plot; categories beyond this many are left out.
+const HISTOGRAM_BINS: usize = 20;
+
+impl Histogram {
+    /// Both sides from their samples (uniform, so their shares estimate the whole column's).
+    pub fn of(reference: &ColumnProfile, current: &ColumnProfile) -> Histogram {
+        match reference.kind {
+            ColumnKind::Numerical => {
+                let values = reference.numbers.iter().chain(&current.numbers);
+                let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+                let bins = if hi > lo { HISTOGRAM_BINS } else { 1 };
+                let width = if hi > lo {
+                    (hi - lo) / bins as f64
+                } else {
+                    1.0
+                };
+                let shares = |sample: &[f64]| {
+                    let mut counts = vec![0.0; bins];
+                    for &v in sample {
+                        let bin = (((v - lo) / width) as usize).min(bins - 1);
+                        counts[bin] += 1.0;
+                    }
+                    let n = sample.len().max(1) as f64;
+                    counts.iter().map(|c| c / n).collect()
+                };
+                Histogram {
+                    edges: (0..=bins).map(|i| lo + width * i as f64).collect(),
+                    categories: Vec::new(),
+                    reference: shares(&reference.numbers),
+                    current: shares(&current.numbers),
+                }
+            }
+            ColumnKind::Categorical => {
+                let mut categories: Vec<(&String, u64)> =
+                    reference.frequencies.iter().map(|(c, n)| (c, *n)).collect();
+                for category in current.frequencies.keys() {
+                    if !reference.frequencies.contains_key(category) {
+                        categories.push((category, 0));
+                    }
+                }
+                categories.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                categories.truncate(HISTOGRAM_BINS);
+                let share = |profile: &ColumnProfile, category: &String| {
+                    profile.frequencies.get(category).copied().unwrap_or(0) as f64
+                        / profile.count.max(1) as f64
+                };
+                Histogram {
+                    edges: Vec::new(),
+                    reference: categories
+                        .iter()
+                        .map(|(c, _)| share(reference, c))
+                        .collect(),
+                    current: categories.iter().map(|(c, _)| share(current, c)).collect(),
+                    categories: categories.into_iter().map(|(c, _)| c.clone()).collect(),
+                }
+            }
+        }
+    }
+}
+
 /// A number as a category: integers without a fraction (`1`, not `1.0`), as class ids print.
 pub(crate) fn category_text(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 9.0e15 {

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub strict_readiness: bool,
     /// Where every answered prediction is logged, if anywhere.
     pub prediction_log: Option<serval_log::LogOptions>,
+    /// Pages served beside the API on the HTTP port (the evaluation dashboard): routes with
+    /// their own state, and no fallback.
+    pub pages: Option<axum::Router>,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -126,7 +129,7 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&stop| stop).await;
     };
-    let http_server = axum::serve(http_listener, http::router(state))
+    let http_server = axum::serve(http_listener, http::router(state, config.pages))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::InferenceService::server(pipeline))

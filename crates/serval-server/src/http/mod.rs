@@ -28,18 +28,16 @@ pub struct RestState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// The whole REST API.
-pub fn router(state: AppState) -> Router {
+/// The whole REST API, and `pages` beside it.
+pub fn router(state: AppState, pages: Option<Router>) -> Router {
     Router::new()
         .merge(tfserving::routes())
         .merge(v2::routes())
         .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(pages.unwrap_or_default())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            shed_load,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state, shed_load))
 }
 
 /// Refuses POSTs beyond the server's in-flight limit with 429 before their bodies are read;
