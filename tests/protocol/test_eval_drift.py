@@ -333,6 +333,30 @@ def test_a_forced_method_replaces_the_automatic_choice_where_it_applies(scenario
             {k: v for k, v in s.report[d].items() if k not in ("drift", "drift_share")}, where
 
 
+def test_config_sets_methods_per_model_and_per_column_and_the_command_line_wins(scenario, tmp_path):
+    s = scenario
+    repo = tmp_path / "repo"
+    shutil.copytree(s.repo, repo)
+    with (repo / MODEL / "config.toml").open("a") as f:
+        f.write('\n[monitor]\ndrift_method = "psi"\n\n[monitor.drift."features[0]"]\n'
+                'method = "wasserstein"\nthreshold = 0.3\n')
+    report = eval_json(s.log, "--window", "1d", repo=repo)
+    for d, window in enumerate(report):
+        first = window["drift"]["features[0]"]
+        assert first["method"] == "wasserstein" and first["threshold"] == 0.3, first
+        assert math.isclose(first["value"], wasserstein_normed(s.ref["features[0]"], s.window("features[0]", d)),
+                            rel_tol=1e-9, abs_tol=1e-12)
+        assert first["drifted"] == (first["value"] >= 0.3)
+        assert all(window["drift"][c]["method"] == "psi" for c in FEATURES[1:]), window["drift"]
+    # The command line overrides both.
+    forced = eval_json(s.log, "--window", "1d", "--drift-method", "ks", repo=repo)
+    assert all(w["drift"][c]["method"] == "ks" for w in forced for c in FEATURES)
+    with (repo / MODEL / "config.toml").open("a") as f:
+        f.write('\n[monitor.drift."features[1]"]\nmethod = "nope"\n')
+    bad = run_eval(s.log, "--window", "1d", repo=repo)
+    assert bad.returncode != 0 and "nope" in bad.stderr and "features[1]" in bad.stderr, bad.stderr
+
+
 def test_a_drift_threshold_replaces_the_methods_default(scenario):
     s = scenario
     report = eval_json(s.log, "--window", "1d", "--drift-threshold", "0.001", repo=s.repo)

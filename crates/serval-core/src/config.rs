@@ -247,6 +247,14 @@ pub struct MonitorConfig {
     pub scores: Option<String>,
     /// Fewer labelled rows in a window than this give no metrics, only the count (default 30).
     pub min_labelled: Option<usize>,
+    /// The drift test of every column (Evidently's names: `ks`, `chisquare`, `z`,
+    /// `wasserstein`, `psi`, `kl_div`, `jensenshannon`, `hellinger`; default: Evidently's
+    /// choice by column type and reference size). Columns it does not apply to keep the choice.
+    pub drift_method: Option<String>,
+    /// The drift threshold of every column (default: the method's).
+    pub drift_threshold: Option<f64>,
+    /// Per column (`"features[3]" = { method = "psi", threshold = 0.2 }`), over the two above.
+    pub drift: BTreeMap<String, DriftConfig>,
     /// When a window's values call for attention (`[[monitor.rules]]`).
     pub rules: Vec<MonitorRule>,
     /// URLs every alert of this model is POSTed to (besides the evaluator's `--webhook`s).
@@ -254,6 +262,16 @@ pub struct MonitorConfig {
     /// A command run once per alert with the alert as JSON on stdin (e.g. a retraining
     /// trigger): program and arguments, no shell. Its exit status is recorded with the alert.
     pub on_alert: Vec<String>,
+}
+
+/// One column's drift test, `[monitor.drift]` in `config.toml`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// The test (default: the model's `drift_method`, else Evidently's choice).
+    pub method: Option<String>,
+    /// Its threshold (default: the model's `drift_threshold`, else the method's).
+    pub threshold: Option<f64>,
 }
 
 /// One alerting rule: a window value below or above a threshold, or falling, for some

@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use serval_batch::ModelCatalog;
 use serval_batch::prediction_log::{ModelTable, TensorColumn};
-use serval_core::config::MonitorTask;
+use serval_core::config::{MonitorConfig, MonitorTask};
 use serval_core::{DataType as TensorType, Signature};
 use serval_log::LogRoot;
 
@@ -237,7 +237,14 @@ pub async fn evaluate(
         )
         .await?;
     let mut stream = frame.execute_stream().await?;
-    let mut windows = Windows::new(options, &target, references, log.table.columns.clone());
+    let drift_tests = DriftTests::new(options, &log.table.model.config().monitor)?;
+    let mut windows = Windows::new(
+        options,
+        &target,
+        references,
+        log.table.columns.clone(),
+        drift_tests,
+    );
     while let Some(batch) = stream.try_next().await? {
         windows.add(&batch)?;
     }
@@ -594,6 +601,61 @@ impl Target {
     }
 }
 
+/// Which drift test each column gets: the options' (the command line's) first, then the
+/// column's `[monitor.drift]`, then the model's `[monitor]`; none means Evidently's choice.
+#[derive(Debug, Clone, Default)]
+struct DriftTests {
+    /// From the options.
+    forced: (Option<Method>, Option<f64>),
+    /// `[monitor.drift]`, by column.
+    columns: HashMap<String, (Option<Method>, Option<f64>)>,
+    /// `[monitor] drift_method`, `drift_threshold`.
+    model: (Option<Method>, Option<f64>),
+}
+
+impl DriftTests {
+    fn new(options: &EvalOptions, monitor: &MonitorConfig) -> Result<DriftTests, EvalError> {
+        let parse = |name: &Option<String>, place: &str| {
+            name.as_deref()
+                .map(|n| {
+                    Method::parse(n).ok_or_else(|| {
+                        let known: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                        EvalError::Invalid(format!(
+                            "{place} = \"{n}\" in config.toml of model '{}': expected one of {}",
+                            options.model,
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let columns = monitor
+            .drift
+            .iter()
+            .map(|(column, c)| {
+                let place = format!("[monitor.drift] \"{column}\".method");
+                Ok((column.clone(), (parse(&c.method, &place)?, c.threshold)))
+            })
+            .collect::<Result<_, EvalError>>()?;
+        Ok(DriftTests {
+            forced: (options.drift_method, options.drift_threshold),
+            columns,
+            model: (
+                parse(&monitor.drift_method, "[monitor] drift_method")?,
+                monitor.drift_threshold,
+            ),
+        })
+    }
+
+    fn of(&self, column: &str) -> (Option<Method>, Option<f64>) {
+        let (method, threshold) = self.columns.get(column).copied().unwrap_or_default();
+        (
+            self.forced.0.or(method).or(self.model.0),
+            self.forced.1.or(threshold).or(self.model.1),
+        )
+    }
+}
+
 /// Quotes an identifier for SQL.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -605,8 +667,7 @@ struct Windows {
     target: Target,
     references: References,
     tensors: Vec<TensorColumn>,
-    drift_method: Option<Method>,
-    drift_threshold: Option<f64>,
+    drift_tests: DriftTests,
     histograms: bool,
     open: HashMap<(u64, Option<String>), OpenWindow>,
     closed: Vec<WindowReport>,
@@ -724,14 +785,14 @@ impl Windows {
         target: &Target,
         references: References,
         tensors: Vec<TensorColumn>,
+        drift_tests: DriftTests,
     ) -> Windows {
         Windows {
             spec: options.window,
             target: target.clone(),
             references,
             tensors,
-            drift_method: options.drift_method,
-            drift_threshold: options.drift_threshold,
+            drift_tests,
             histograms: options.histograms,
             open: HashMap::new(),
             closed: Vec::new(),
@@ -925,15 +986,11 @@ impl Windows {
             if window.count == 0 || known.count == 0 {
                 continue;
             }
+            let (method, threshold) = self.drift_tests.of(name);
             let result = known.with_sample(|r| {
-                window.with_sample(|c| {
-                    let configured = self
-                        .drift_method
-                        .map(|m| drift::test(m, r, c, self.drift_threshold));
-                    match configured {
-                        Some(Ok(result)) => Ok(result),
-                        _ => drift::test(drift::auto_method(r, c), r, c, self.drift_threshold),
-                    }
+                window.with_sample(|c| match method.map(|m| drift::test(m, r, c, threshold)) {
+                    Some(Ok(result)) => Ok(result),
+                    _ => drift::test(drift::auto_method(r, c), r, c, threshold),
                 })
             });
             match result {
