@@ -126,8 +126,9 @@ impl MonitorArgs {
     }
 }
 
-/// One poll: each alert fired as a JSON line on stdout (with its deliveries), problems on stderr.
-pub fn poll_and_report(monitor: &mut Monitor) {
+/// One poll: each alert fired as a JSON line on stdout (with its deliveries), problems on
+/// stderr. Returns how many models could not be evaluated.
+pub fn poll_and_report(monitor: &mut Monitor) -> usize {
     let now = chrono::Utc::now().timestamp_micros();
     let poll = monitor.poll(now);
     for (model, error) in &poll.errors {
@@ -144,6 +145,7 @@ pub fn poll_and_report(monitor: &mut Monitor) {
         fired = poll.fired.len(),
         "evaluated"
     );
+    poll.errors.len()
 }
 
 pub fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
@@ -152,8 +154,14 @@ pub fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         .monitor
         .monitor(args.repository.open()?, &args.prediction_log)?;
     loop {
-        poll_and_report(&mut monitor);
+        let failed = poll_and_report(&mut monitor);
         if args.once {
+            // A watcher keeps going past a model it cannot evaluate; a single run (cron, CI)
+            // must not pass when one was skipped.
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} model(s) could not be evaluated (see above)"
+            );
             return Ok(());
         }
         std::thread::sleep(interval);

@@ -215,6 +215,7 @@ pub async fn evaluate(
                     *to_us,
                     None,
                     &target,
+                    &log.table.columns,
                 )
                 .await?;
             let source = format!(
@@ -226,6 +227,13 @@ pub async fn evaluate(
             References::One(Arc::new(profile))
         }
     };
+    // Inputs are decoded from the log's JSON only when a reference can use them: metrics alone
+    // read the outputs.
+    let tensors = if references.may_exist(&catalog, options.version) {
+        log.table.columns.clone()
+    } else {
+        Vec::new()
+    };
     let frame = log
         .rows(
             "serval_eval_source",
@@ -234,17 +242,12 @@ pub async fn evaluate(
             options.to_us,
             options.slice.as_deref(),
             &target,
+            &tensors,
         )
         .await?;
     let mut stream = frame.execute_stream().await?;
     let drift_tests = DriftTests::new(options, &log.table.model.config().monitor)?;
-    let mut windows = Windows::new(
-        options,
-        &target,
-        references,
-        log.table.columns.clone(),
-        drift_tests,
-    );
+    let mut windows = Windows::new(options, &target, references, tensors, drift_tests);
     while let Some(batch) = stream.try_next().await? {
         windows.add(&batch)?;
     }
@@ -271,7 +274,15 @@ pub async fn profile_log(
     let log = LogQuery::open(catalog, root, &options).await?;
     let nothing = Target::nothing();
     let rows = log
-        .rows("serval_profile_source", version, None, None, None, &nothing)
+        .rows(
+            "serval_profile_source",
+            version,
+            None,
+            None,
+            None,
+            &nothing,
+            &log.table.columns,
+        )
         .await?;
     let mut profile = log.profile(rows, source, sample_size).await?;
     profile.version = version.unwrap_or(profile.version);
@@ -312,7 +323,8 @@ impl LogQuery {
 
     /// The rows to evaluate, in time order: each key's latest record per version, with its
     /// label. Columns: `ts`, `version`, `slice`, `prediction`, `scores`, `label`, `label_value`,
-    /// then every tensor column of the table.
+    /// then `tensors`.
+    #[allow(clippy::too_many_arguments)]
     async fn rows(
         &self,
         view: &str,
@@ -321,6 +333,7 @@ impl LogQuery {
         to_us: Option<i64>,
         slice: Option<&str>,
         target: &Target,
+        tensors: &[TensorColumn],
     ) -> Result<DataFrame, EvalError> {
         let timestamp = |us: i64| {
             lit(ScalarValue::TimestampMicrosecond(
@@ -364,9 +377,7 @@ impl LogQuery {
         let slice = slice.map_or("NULL".to_owned(), |s| {
             format!("CAST(p.{} AS VARCHAR)", ident(s))
         });
-        let tensors: String = self
-            .table
-            .columns
+        let tensors: String = tensors
             .iter()
             .map(|c| format!(", p.{}", ident(&c.column)))
             .collect();
@@ -439,6 +450,22 @@ enum References {
 }
 
 impl References {
+    /// Whether any version evaluated can have a reference (a stored profile on disk).
+    fn may_exist(&self, catalog: &ModelCatalog, version: Option<u64>) -> bool {
+        match self {
+            References::One(_) => true,
+            References::Stored {
+                repository, model, ..
+            } => catalog
+                .repository()
+                .versions_on_disk(model)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| version.is_none_or(|wanted| wanted == *v))
+                .any(|v| Profile::path(repository, model, v).is_file()),
+        }
+    }
+
     fn of(&mut self, version: u64) -> Result<Option<Arc<Profile>>, EvalError> {
         match self {
             References::One(profile) => Ok(Some(profile.clone())),
