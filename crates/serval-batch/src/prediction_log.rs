@@ -66,14 +66,13 @@ pub async fn register_prediction_log(
             .await?;
     }
     // Latest wins; a tie (two labels for a key in the same microsecond, from two replicas) is
-    // broken by the text, so every query agrees. An aggregate rather than `row_number()` over
-    // sorted partitions: hash aggregation measured 2.7x faster over 800,000 labels.
+    // broken by the text, so every query agrees.
     ctx.sql(
-        "CREATE VIEW labels AS SELECT key, model,
-           last_value(label ORDER BY ts, label) AS label,
-           last_value(label_value ORDER BY ts, label) AS label_value,
-           max(ts) AS ts
-         FROM label_history GROUP BY model, key",
+        "CREATE VIEW labels AS SELECT key, model, label, label_value, ts FROM (
+           SELECT *, row_number() OVER (PARTITION BY model, key ORDER BY ts DESC, label DESC)
+             AS serval_rank
+           FROM label_history)
+         WHERE serval_rank = 1",
     )
     .await?;
     ctx.sql(

@@ -371,33 +371,28 @@ impl LogQuery {
             )));
         }
         self.ctx.register_table(view, frame.into_view())?;
-        // Of a key logged twice by one version (a retried request), the latest record counts:
-        // every column is the last by time (then request id) of its key's records. Aggregates,
-        // not `row_number()` over a sorted partition: hash aggregation is several times faster
-        // here, and spills under the memory limit as sorts do.
-        let latest = |expression: String, alias: &str| {
-            format!(", last_value({expression} ORDER BY ts, request_id) AS {alias}")
+        let column = |c: Option<&TensorColumn>| {
+            c.map_or("NULL".to_owned(), |c| format!("p.{}", ident(&c.column)))
         };
-        let column = |c: Option<&TensorColumn>| c.map_or("NULL".to_owned(), |c| ident(&c.column));
         let slice = slice.map_or("NULL".to_owned(), |s| {
-            format!("CAST({} AS VARCHAR)", ident(s))
+            format!("CAST(p.{} AS VARCHAR)", ident(s))
         });
-        let mut latest_columns = latest(slice, "slice")
-            + &latest(column(target.prediction.as_ref()), "prediction")
-            + &latest(column(target.scores.as_ref().map(|(c, _)| c)), "scores");
-        let mut tensor_columns = String::new();
-        for (i, c) in tensors.iter().enumerate() {
-            latest_columns += &latest(ident(&c.column), &format!("serval_tensor_{i}"));
-            tensor_columns += &format!(", p.serval_tensor_{i}");
-        }
+        let tensors: String = tensors
+            .iter()
+            .map(|c| format!(", p.{}", ident(&c.column)))
+            .collect();
+        // Of a key logged twice by one version (a retried request), the latest record counts.
         let sql = format!(
-            "SELECT p.ts, p.version, p.slice, p.prediction, p.scores, l.label, l.label_value
-                    {tensor_columns}
-             FROM (SELECT version, key, max(ts) AS ts{latest_columns}
-                   FROM {view} GROUP BY version, key) p
-             LEFT JOIN (SELECT key, label, label_value FROM labels WHERE model = '{model}') l
-               ON l.key = p.key
+            "SELECT p.ts, p.version, {slice} AS slice, {prediction} AS prediction,
+                    {scores} AS scores, l.label, l.label_value{tensors}
+             FROM (SELECT *, row_number() OVER (PARTITION BY version, key ORDER BY ts DESC)
+                     AS serval_dup
+                   FROM {view}) p
+             LEFT JOIN labels l ON l.model = '{model}' AND l.key = p.key
+             WHERE p.serval_dup = 1
              ORDER BY p.ts, p.version",
+            prediction = column(target.prediction.as_ref()),
+            scores = column(target.scores.as_ref().map(|(c, _)| c)),
             model = self.table.model.name().replace('\'', "''"),
         );
         Ok(self.ctx.sql(&sql).await?)
