@@ -310,6 +310,11 @@ impl LogQuery {
             ..serval_batch::SessionOptions::default()
         };
         let (ctx, _) = serval_batch::batch_session(catalog.clone(), session);
+        // Joining the labels by sorting both sides rather than hashing one: a hash join's table
+        // cannot spill, so under the memory limit it failed past a few million labels, where a
+        // sort-merge join spills like the sorts around it.
+        ctx.sql("SET datafusion.optimizer.prefer_hash_join = false")
+            .await?;
         serval_batch::prediction_log::register_prediction_log(&ctx, root).await?;
         let (table, _) =
             serval_batch::prediction_log::model_table(&ctx, &catalog, &options.model).await?;
