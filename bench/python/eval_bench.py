@@ -239,6 +239,9 @@ def classification(y, pred, probs) -> dict:
     }
     if len(np.unique(y)) == 2:
         out["roc_auc"] = float(roc_auc_score(y == 1, probs[:, 1]))
+    # float32 probabilities may exceed 1 by an ulp (1.0000001), which log_loss refuses: clipped
+    # to [0, 1] in float64 first, as serval eval clips them.
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
     out["log_loss"] = float(log_loss(y, probs, labels=[0, 1]))
     return out
 
