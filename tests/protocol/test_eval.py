@@ -159,6 +159,20 @@ def read_output(out: Path, keys) -> dict:
     return by_key
 
 
+def log_rows(tmp: Path, prefix: str, X: np.ndarray, times) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """Logs the breast-cancer rows `X` at `times` with `serval batch` into `tmp/log`, keyed
+    `<prefix>-<row>`; returns the log, the keys, and batch's predicted classes and probabilities."""
+    keys = np.array([f"{prefix}-{i:03d}" for i in range(len(X))])
+    write_inputs(tmp / "data.csv", keys, X, times)
+    log = tmp / "log"
+    log.mkdir()
+    run_batch(MODEL, tmp / "data.csv", tmp / "out", log)
+    out = read_output(tmp / "out", keys)
+    pred = np.array([out[k]["label"] for k in keys], dtype=np.int64)
+    scores = np.array([out[k]["probabilities"] for k in keys], dtype=np.float32).astype(np.float64)
+    return log, keys, pred, scores
+
+
 def fresh_log(base: Path, tmp_path: Path, name: str = "log") -> Path:
     log = tmp_path / name
     shutil.copytree(base, log)
@@ -277,14 +291,7 @@ def breast(tmp_path_factory) -> Logged:
     for times in spread_over_days(BREAST_DAY_SIZES, rng):
         ts[perm[start:start + len(times)]] = times
         start += len(times)
-    keys = np.array([f"bc-{i:03d}" for i in range(len(y))])
-    write_inputs(tmp / "data.csv", keys, X, ts)
-    log = tmp / "log"
-    log.mkdir()
-    run_batch(MODEL, tmp / "data.csv", tmp / "out", log)
-    out = read_output(tmp / "out", keys)
-    pred = np.array([out[k]["label"] for k in keys], dtype=np.int64)
-    scores = np.array([out[k]["probabilities"] for k in keys], dtype=np.float32).astype(np.float64)
+    log, keys, pred, scores = log_rows(tmp, "bc", X, ts)
     return Logged(log, keys, ts, y.astype(np.int64), pred, scores)
 
 
@@ -407,14 +414,7 @@ def test_estimates_track_covariate_shift_but_not_concept_shift(breast, tmp_path)
     for times in spread_over_days(BREAST_DAY_SIZES, np.random.default_rng(3)):
         ts[order[start:start + len(times)]] = times
         start += len(times)
-    keys = np.array([f"cs-{i:03d}" for i in range(len(y))])
-    write_inputs(tmp_path / "data.csv", keys, X, ts)
-    log = tmp_path / "log"
-    log.mkdir()
-    run_batch(MODEL, tmp_path / "data.csv", tmp_path / "out", log)
-    out = read_output(tmp_path / "out", keys)
-    pred = np.array([out[k]["label"] for k in keys], dtype=np.int64)
-    scores = np.array([out[k]["probabilities"] for k in keys], dtype=np.float32).astype(np.float64)
+    log, keys, pred, scores = log_rows(tmp_path, "cs", X, ts)
     import_labels(log, tmp_path / "labels.csv", zip(keys, y.tolist()))
     report = eval_json(log, "--window", "1d")
     day = np.array([(t - DAY0) // DAY for t in ts])
