@@ -290,6 +290,11 @@ impl TensorSlot {
         reference: Option<&BTreeMap<String, ColumnProfile>>,
         capacity: usize,
     ) {
+        // A categorical column counts a number by its text, seen or unseen like any category.
+        if let (ColumnKind::Categorical, Some(v)) = (self.kind, value) {
+            let text = crate::profile::category_text(v);
+            return self.push_text(index, Some(&text), reference, capacity);
+        }
         self.grow(index, reference, capacity);
         let Some(Some(c)) = self.elements.get_mut(index) else {
             return;
@@ -301,12 +306,6 @@ impl TensorSlot {
                     && (v < lo || v > hi)
                 {
                     c.quality.out_of_range += 1;
-                }
-                if c.collector.kind() == ColumnKind::Categorical
-                    && let Some(known) = &c.known
-                    && !known.contains(&crate::profile::category_text(v))
-                {
-                    c.quality.unseen += 1;
                 }
                 c.collector.push_number(v);
             }
@@ -327,9 +326,7 @@ impl TensorSlot {
         };
         match value {
             Some(v) => {
-                if let Some(known) = &c.known
-                    && !known.contains(v)
-                {
+                if c.known.as_ref().is_some_and(|known| !known.contains(v)) {
                     c.quality.unseen += 1;
                 }
                 c.collector.push_category(v);
