@@ -8,7 +8,8 @@ Usage (from anywhere):
 
 Everything is deterministic (fixed random_state, fixed opsets, single-threaded
 onnxruntime), so re-running the script produces byte-identical files.
-Only datasets bundled with scikit-learn are used; nothing is downloaded.
+Only datasets bundled with scikit-learn are used; nothing is downloaded (the two-phase digits
+example adds non-digit images generated from a fixed numpy seed).
 """
 
 import json
@@ -22,7 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -65,9 +66,25 @@ postprocess = [
 ]
 """
 
+DIGITS_PHASE1_CONFIG = """\
+# Phase 1 of a two-phase prediction: a small on-device model. Is it a digit, and which?
+class_labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "not_digit"]
+"""
+
+DIGITS_PHASE2_CONFIG = """\
+# Phase 2 of a two-phase prediction: a larger cloud model for the rows phase 1 is unsure of.
+class_labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+"""
+
 IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 BREAST_CANCER_CLASSES = ["malignant", "benign"]
 SCREENING_THRESHOLD = 0.8
+
+DIGIT_CLASSES = [str(d) for d in range(10)]
+NOT_DIGIT = "not_digit"
+N_NON_DIGITS = 1800
+# Phase 1 answers locally when its top probability reaches this; otherwise phase 2 answers.
+TWO_PHASE_THRESHOLD = 0.95
 
 
 # --------------------------------------------------------------------------
@@ -81,6 +98,132 @@ def split(loader):
     X = X.astype(np.float32)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=0.3, random_state=SEED
+    )
+    return X_train, X_test, y_train, y_test
+
+
+# Generated 8x8 non-digit images in load_digits' value range (integers 0..16).
+
+SIDE = 8
+MAX_PIXEL = 16.0
+
+
+def _draw_line(img, r0, c0, r1, c1, value):
+    for t in np.linspace(0.0, 1.0, 4 * SIDE):
+        r = int(round(r0 + (r1 - r0) * t))
+        c = int(round(c0 + (c1 - c0) * t))
+        if 0 <= r < SIDE and 0 <= c < SIDE:
+            img[r, c] = max(img[r, c], value)
+
+
+def _uniform_noise(rng, digits, y):
+    return rng.uniform(0.0, MAX_PIXEL, (SIDE, SIDE))
+
+
+def _salt_noise(rng, digits, y):
+    img = np.zeros((SIDE, SIDE))
+    n = int(rng.integers(12, 33))
+    idx = rng.choice(SIDE * SIDE, size=n, replace=False)
+    img.flat[idx] = rng.uniform(6.0, MAX_PIXEL, n)
+    return img
+
+
+def _rectangles(rng, digits, y):
+    img = np.zeros((SIDE, SIDE))
+    for _ in range(int(rng.integers(1, 4))):
+        r0, c0 = rng.integers(0, SIDE - 1, 2)
+        h, w = rng.integers(2, SIDE + 1, 2)
+        block = img[r0 : r0 + h, c0 : c0 + w]
+        block[...] = np.maximum(block, rng.uniform(6.0, MAX_PIXEL))
+    return img
+
+
+def _lines(rng, digits, y):
+    img = np.zeros((SIDE, SIDE))
+    if rng.random() < 0.5:
+        # Stripes: every k-th row, column, or both.
+        k = int(rng.integers(2, 4))
+        phase = int(rng.integers(0, k))
+        value = rng.uniform(8.0, MAX_PIXEL)
+        axis = int(rng.integers(0, 3))
+        for i in range(phase, SIDE, k):
+            if axis in (0, 2):
+                img[i, :] = value
+            if axis in (1, 2):
+                img[:, i] = value
+    else:
+        for _ in range(int(rng.integers(1, 4))):
+            r0, c0, r1, c1 = rng.uniform(-1.0, SIDE, 4)
+            _draw_line(img, r0, c0, r1, c1, rng.uniform(8.0, MAX_PIXEL))
+    return img
+
+
+def _checkerboard(rng, digits, y):
+    cell = int(rng.choice([1, 2, 4]))
+    rr, cc = np.indices((SIDE, SIDE))
+    board = ((rr // cell + cc // cell + int(rng.integers(0, 2))) % 2).astype(np.float64)
+    lo, hi = np.sort(rng.uniform(0.0, MAX_PIXEL, 2))
+    return lo + (hi - lo) * board
+
+
+def _blobs(rng, digits, y):
+    rr, cc = np.indices((SIDE, SIDE))
+    img = np.zeros((SIDE, SIDE))
+    for _ in range(int(rng.integers(1, 4))):
+        r, c = rng.uniform(0.0, SIDE - 1, 2)
+        sigma = rng.uniform(0.8, 2.5)
+        img += rng.uniform(0.5, 1.0) * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2))
+    return img
+
+
+def _digit_overlay(rng, digits, y):
+    """Pixelwise max of two digits of different classes."""
+    i = int(rng.integers(0, len(digits)))
+    j = int(rng.integers(0, len(digits)))
+    while y[j] == y[i]:
+        j = int(rng.integers(0, len(digits)))
+    return np.maximum(digits[i], digits[j]).reshape(SIDE, SIDE).astype(np.float64)
+
+
+NON_DIGIT_KINDS = [
+    _uniform_noise,
+    _salt_noise,
+    _rectangles,
+    _lines,
+    _checkerboard,
+    _blobs,
+    _digit_overlay,
+]
+
+
+def non_digits(n, digits, y):
+    """n images cycling through NON_DIGIT_KINDS, each rescaled so its total intensity is that
+    of a random digit (as far as clipping to 0..16 allows) and rounded to integers."""
+    rng = np.random.default_rng(SEED)
+    totals = digits.sum(axis=1, dtype=np.float64)
+    out = np.empty((n, SIDE * SIDE), dtype=np.float32)
+    for k in range(n):
+        img = NON_DIGIT_KINDS[k % len(NON_DIGIT_KINDS)](rng, digits, y)
+        target = totals[int(rng.integers(0, len(totals)))]
+        for _ in range(5):
+            total = img.sum()
+            if total <= 0:
+                break
+            img = np.clip(img * (target / total), 0.0, MAX_PIXEL)
+        out[k] = np.rint(img).reshape(-1)
+    return out
+
+
+def digits_split():
+    """load_digits plus N_NON_DIGITS generated non-digits (class 10), split 70/30 with
+    random_state=0, stratified by class; features as float32."""
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    N = non_digits(N_NON_DIGITS, X, y)
+    X = np.vstack([X, N])
+    y = np.concatenate([y, np.full(len(N), len(DIGIT_CLASSES))]).astype(np.int64)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.3, random_state=SEED, stratify=y
     )
     return X_train, X_test, y_train, y_test
 
@@ -280,6 +423,80 @@ def screening_signature(outputs):
     return {"screening": {"diagnosis": diagnosis, "probabilities": to_py(probs)}}
 
 
+def two_phase_digits():
+    """Two-phase predictions: a small phase-1 model (digit or not, and which) that answers
+    locally when confident, and a larger phase-2 model (which digit) for the rest."""
+    X_train, X_test, y_train, y_test = digits_split()
+    n_digits = len(DIGIT_CLASSES)
+    train_digits, test_digits = y_train < n_digits, y_test < n_digits
+    phases = [
+        (
+            "digits_phase1",
+            make_pipeline(
+                StandardScaler(),
+                MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=1000, random_state=SEED),
+            ),
+            DIGITS_PHASE1_CONFIG,
+            np.ones(len(y_train), dtype=bool),
+            np.ones(len(y_test), dtype=bool),
+        ),
+        (
+            "digits_phase2",
+            make_pipeline(
+                StandardScaler(),
+                MLPClassifier(hidden_layer_sizes=(512, 256), max_iter=1000, random_state=SEED),
+            ),
+            DIGITS_PHASE2_CONFIG,
+            train_digits,
+            test_digits,
+        ),
+    ]
+    outputs = {}
+    # Each phase trains on, and is scored on, its rows of the splits (phase 2: digits only).
+    for name, est, config, train_rows, test_rows in phases:
+        est.fit(X_train[train_rows], y_train[train_rows])
+        assert est[-1].n_iter_ < est[-1].max_iter, f"{name} did not converge"
+        path = write_model(name, to_onnx(est, X_train.shape[1], name), config)
+        write_golden_and_data(name, path, X_test[test_rows], None, est)
+        # Scored on onnxruntime's outputs, as the server would answer, for the whole test split.
+        _, outputs[name] = run_ort(path, np.ascontiguousarray(X_test))
+        accuracy = np.mean(outputs[name]["label"][test_rows] == y_test[test_rows])
+        size = os.path.getsize(path)
+        print(f"{name}: test accuracy {accuracy:.4f}, {size} bytes -> {os.path.relpath(path, HERE)}")
+
+    # The combined test split as CLI input, its true classes alongside (instances must not
+    # carry fields that are not inputs, so the labels are a separate file with the same keys).
+    classes = DIGIT_CLASSES + [NOT_DIGIT]
+    keys = [f"digit-{i}" for i in range(len(X_test))]
+    with open(os.path.join(DATA_DIR, "digits_two_phase.jsonl"), "w", newline="\n") as f:
+        for k, x in zip(keys, X_test):
+            f.write(json.dumps({"key": k, INPUT_NAME: to_py(x)}, allow_nan=False) + "\n")
+    with open(os.path.join(DATA_DIR, "digits_two_phase_labels.jsonl"), "w", newline="\n") as f:
+        for k, label in zip(keys, y_test):
+            f.write(json.dumps({"key": k, "label": classes[label]}) + "\n")
+
+    # Policy: phase 1 answers (a digit or not_digit) when its top probability reaches the
+    # threshold; otherwise phase 2 answers a digit, even when phase 1 leaned to not_digit.
+    p1, p2 = outputs["digits_phase1"], outputs["digits_phase2"]
+    # Compared in float64, as serval's cascade policy compares its f64 band with the f32 score.
+    forward = p1["probabilities"].max(axis=1).astype(np.float64) < TWO_PHASE_THRESHOLD
+    answer = np.where(forward, p2["label"], p1["label"])
+    n = len(y_test)
+    print(
+        f"digits two-phase (threshold {TWO_PHASE_THRESHOLD}): forwarded {forward.sum()}/{n} "
+        f"({forward.mean():.1%}), end-to-end accuracy {np.mean(answer == y_test):.4f}; "
+        f"phase 1 alone {np.mean(p1['label'] == y_test):.4f}, "
+        f"phase 2 alone {np.mean(p2['label'] == y_test):.4f} (never says {NOT_DIGIT})"
+    )
+    # For comparison: forward only unsure digits, so a not_digit answer always stays local.
+    forward_digits = forward & (p1["label"] < n_digits)
+    answer = np.where(forward_digits, p2["label"], p1["label"])
+    print(
+        f"digits two-phase, {NOT_DIGIT} kept local: forwarded {forward_digits.sum()}/{n} "
+        f"({forward_digits.mean():.1%}), end-to-end accuracy {np.mean(answer == y_test):.4f}"
+    )
+
+
 def main():
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     for d in (MODELS_DIR, GOLDEN_DIR, DATA_DIR):
@@ -366,6 +583,8 @@ def main():
         f.write("key," + ",".join(f"f{j}" for j in range(n)) + "\n")
         for i, x in enumerate(X):
             f.write(f"breast_cancer_lr-{i}," + ",".join(repr(f32(v)) for v in x) + "\n")
+
+    two_phase_digits()
 
 
 if __name__ == "__main__":

@@ -152,9 +152,11 @@ class ServalServer:
         repo: Path = REPO,
         start_timeout: float = 60.0,
         wait_ready: bool = True,
+        http_port: int = 0,
     ):
         """Starts the server; waits for `/v2/health/ready`, or with `wait_ready=False` only for
-        the ports (models are loaded before serval announces them)."""
+        the ports (models are loaded before serval announces them). `http_port` 0 lets the OS
+        pick; a fixed one lets a client find a restarted server where it was."""
         binary = serval_bin()
         if not binary.is_file():
             raise RuntimeError(
@@ -167,7 +169,7 @@ class ServalServer:
             "--host",
             "127.0.0.1",
             "--http-port",
-            "0",
+            str(http_port),
             "--grpc-port",
             "0",
             *extra_args,

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serval_batch::ModelCatalog;
 use serval_core::config::MonitorTask;
-use serval_eval::deliver::Delivery;
+use serval_eval::deliver::{Delivery, Retry};
 use serval_eval::drift::Method;
 use serval_eval::{
     EvalOptions, MetricValues, Monitor, MonitorOptions, Reference, WindowReport, WindowSpec,
@@ -108,8 +108,10 @@ impl MonitorArgs {
             delivery: Delivery {
                 webhooks: self.webhook.clone(),
                 secret: self.webhook_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-                attempts: self.webhook_attempts.max(1),
-                ..Delivery::default()
+                retry: Retry {
+                    attempts: self.webhook_attempts.max(1),
+                    ..Delivery::default().retry
+                },
             },
             replica_id: self
                 .evaluator_id

@@ -121,7 +121,9 @@ fn describe_text(model: &Model) -> anyhow::Result<String> {
         "model '{}' version {} ({})",
         model.name(),
         model.version(),
-        model.path().display()
+        model
+            .path()
+            .map_or_else(|| "in memory".into(), |p| p.display().to_string())
     );
     let _ = writeln!(
         out,

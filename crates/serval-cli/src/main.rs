@@ -13,12 +13,14 @@ use serval_storage::RemoteRepository;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batch;
+mod edge;
 mod eval;
 mod inspect;
 mod labels;
 mod models;
 mod predict;
 mod profile;
+mod quantize;
 mod serve;
 
 /// Serval: serve exported ONNX models resiliently — in-process, online, in bulk.
@@ -54,6 +56,12 @@ enum Command {
     /// Ground truth for logged predictions, joined to them by key.
     #[command(subcommand)]
     Labels(labels::LabelsCommand),
+    /// Post-training quantization of an ONNX file (int8 weights, dynamic int8, float16), with
+    /// sizes and, given labelled data, accuracy before and after.
+    Quantize(quantize::QuantizeArgs),
+    /// Two-phase predictions on the device: phase 1 in-process, forwards to phase 2 on a server,
+    /// an offline queue while it is unreachable.
+    Edge(edge::EdgeArgs),
     /// Show models, versions, signatures and the engine chosen for each (like saved_model_cli show).
     Inspect(inspect::InspectArgs),
 }
@@ -186,6 +194,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::EvalWatch(args) => eval::run_watch(args),
         Command::Profile(args) => profile::run(args),
+        Command::Edge(args) => edge::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -52,29 +52,15 @@ pub enum InputFormat {
 }
 
 /// One instance and the input line it came from.
-struct Line {
-    number: u64,
-    instance: Value,
+pub(crate) struct Line {
+    pub(crate) number: u64,
+    pub(crate) instance: Value,
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let repository = args.repository.open()?;
     let model = repository.load(&args.model, args.version)?;
     let signature = model.signature(args.signature.as_deref())?;
-    let format =
-        args.format
-            .unwrap_or_else(|| match args.input.extension().and_then(|e| e.to_str()) {
-                Some("csv") => InputFormat::Csv,
-                _ => InputFormat::Jsonl,
-            });
-    let reader: Box<dyn Read> = if args.input.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(
-            File::open(&args.input)
-                .with_context(|| format!("cannot open input {}", args.input.display()))?,
-        )
-    };
     let mut writer: Box<dyn Write> = match &args.output {
         Some(path) => {
             Box::new(BufWriter::new(File::create(path).with_context(|| {
@@ -83,10 +69,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         }
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    let lines: Box<dyn Iterator<Item = anyhow::Result<Line>>> = match format {
-        InputFormat::Jsonl => Box::new(jsonl_lines(BufReader::new(reader))),
-        InputFormat::Csv => Box::new(csv_lines(reader, signature, &model.config().key)?),
-    };
+    let lines = read_lines(
+        &args.input,
+        args.format,
+        signature,
+        &[model.config().key.as_str()],
+    )?;
     // A model that does not batch takes each line as one request of whole tensors.
     let batch_size = if model.is_batchable() {
         args.batch_size
@@ -152,6 +140,32 @@ fn predict_chunk(
     Ok(n)
 }
 
+/// The instances of `input` (a file or `-` for stdin), JSON Lines or CSV (`format`, else by
+/// extension). CSV columns named in `kept` (the key, a label) stay fields of their own; the
+/// others are the model's inputs.
+pub(crate) fn read_lines(
+    input: &Path,
+    format: Option<InputFormat>,
+    signature: &Signature,
+    kept: &[&str],
+) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Line>>>> {
+    let format = format.unwrap_or_else(|| match input.extension().and_then(|e| e.to_str()) {
+        Some("csv") => InputFormat::Csv,
+        _ => InputFormat::Jsonl,
+    });
+    let reader: Box<dyn Read> = if input.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            File::open(input).with_context(|| format!("cannot open input {}", input.display()))?,
+        )
+    };
+    Ok(match format {
+        InputFormat::Jsonl => Box::new(jsonl_lines(BufReader::new(reader))),
+        InputFormat::Csv => Box::new(csv_lines(reader, signature, kept)?),
+    })
+}
+
 fn jsonl_lines(reader: impl BufRead) -> impl Iterator<Item = anyhow::Result<Line>> {
     reader.lines().enumerate().filter_map(|(ix, line)| {
         let number = ix as u64 + 1;
@@ -182,11 +196,11 @@ enum CsvLayout {
     Features(String),
 }
 
-fn csv_lines(
-    reader: impl Read,
+fn csv_lines<R: Read>(
+    reader: R,
     signature: &Signature,
-    key_name: &str,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Line>>> {
+    kept: &[&str],
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Line>> + use<R>> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(reader);
@@ -196,9 +210,11 @@ fn csv_lines(
         .iter()
         .map(str::to_owned)
         .collect();
-    let key_column = header.iter().position(|h| h == key_name);
+    let kept_columns: Vec<usize> = (0..header.len())
+        .filter(|&i| kept.contains(&header[i].as_str()))
+        .collect();
     let value_columns: Vec<usize> = (0..header.len())
-        .filter(|&i| Some(i) != key_column)
+        .filter(|i| !kept_columns.contains(i))
         .collect();
     let layout = if value_columns
         .iter()
@@ -217,7 +233,6 @@ fn csv_lines(
             signature.input_names()
         );
     };
-    let key_name = key_name.to_owned();
     Ok(csv.into_records().map(move |record| {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
@@ -225,8 +240,8 @@ fn csv_lines(
         })?;
         let number = record.position().map_or(0, |p| p.line());
         let mut instance = Map::new();
-        if let Some(k) = key_column {
-            instance.insert(key_name.clone(), Value::String(record[k].to_owned()));
+        for &k in &kept_columns {
+            instance.insert(header[k].clone(), Value::String(record[k].to_owned()));
         }
         match &layout {
             CsvLayout::Named => {

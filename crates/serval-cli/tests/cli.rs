@@ -11,12 +11,14 @@ const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/mo
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/data");
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/golden");
 
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 10] = [
     "breast_cancer_gbt",
     "breast_cancer_lr",
     "breast_cancer_mlp",
     "breast_cancer_mlp_large",
     "diabetes_linear",
+    "digits_phase1",
+    "digits_phase2",
     "iris_forest",
     "iris_logits",
     "iris_lr",
@@ -351,6 +353,7 @@ fn inspect_json_lists_every_model() {
         let width = match name {
             n if n.starts_with("breast_cancer") => 30,
             n if n.starts_with("iris") => 4,
+            n if n.starts_with("digits") => 64,
             _ => 10,
         };
         assert_eq!(
@@ -369,7 +372,10 @@ fn inspect_json_lists_every_model() {
         };
         assert_eq!(signature_names, expected_signatures, "{name}");
     }
-    let logits = &described[6];
+    let logits = described
+        .iter()
+        .find(|m| m["model"] == "iris_logits")
+        .unwrap();
     assert_eq!(
         logits["class_labels"],
         serde_json::json!(["setosa", "versicolor", "virginica"])

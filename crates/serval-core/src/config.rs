@@ -397,7 +397,12 @@ impl VersionPolicy {
 impl ModelConfig {
     /// Reads `config.toml` in `model_dir`, or the defaults when there is none.
     pub fn load(model_name: &str, model_dir: &Path) -> Result<ModelConfig> {
-        let path = model_dir.join(CONFIG_FILE);
+        ModelConfig::load_file(model_name, &model_dir.join(CONFIG_FILE))
+    }
+
+    /// Reads a model config from `path`, or the defaults when there is no such file.
+    pub fn load_file(model_name: &str, path: &Path) -> Result<ModelConfig> {
+        let path = path.to_owned();
         let load_error = |reason: String| Error::Load {
             model: Some(model_name.to_owned()),
             version: None,

@@ -108,8 +108,13 @@ impl GraphInfo {
     /// Parses `path`, or explains why it is not a usable ONNX model.
     pub fn read(path: &Path) -> Result<GraphInfo, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read model file: {e}"))?;
+        GraphInfo::from_bytes(&bytes)
+    }
+
+    /// Parses a whole ONNX file held in memory.
+    pub fn from_bytes(mut bytes: &[u8]) -> Result<GraphInfo, String> {
         let proto = tract_onnx::onnx()
-            .proto_model_for_read(&mut bytes.as_slice())
+            .proto_model_for_read(&mut bytes)
             .map_err(|e| format!("not a valid ONNX protobuf: {e}"))?;
         GraphInfo::from_proto(proto)
     }

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod cascade;
 pub mod config;
 pub mod error;
 pub mod graph;

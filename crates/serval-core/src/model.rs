@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, BackendChoice};
+use crate::backend::{self, Backend, BackendChoice, ModelSource};
 use crate::config::ModelConfig;
 use crate::error::{Error, InputError, Result};
 use crate::graph::{GraphInfo, TensorSpec};
@@ -113,7 +113,8 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub struct Model {
     name: String,
     version: u64,
-    path: PathBuf,
+    /// The ONNX file; `None` for a model loaded from bytes.
+    path: Option<PathBuf>,
     config: Arc<ModelConfig>,
     graph: GraphInfo,
     signatures: Vec<Signature>,
@@ -153,9 +154,65 @@ impl Model {
             return Err(load_error(format!("missing {MODEL_FILE}")));
         }
         let graph = GraphInfo::read(&path).map_err(load_error)?;
-        let signatures = signature::build_signatures(&graph, &config).map_err(load_error)?;
-        let candidates =
-            backend::candidates(config.backend, &graph, ort_status).map_err(load_error)?;
+        Model::build(
+            name,
+            version,
+            ModelSource::File(&path),
+            graph,
+            config,
+            ort_status,
+            default_instances,
+        )
+        .map_err(load_error)
+    }
+
+    /// Loads a model from a whole ONNX file in memory (the edge runtime's entry point: no
+    /// repository, no files). Warm-up runs generated inputs, as for a version without
+    /// `warmup.jsonl`. Engines as [`backend::candidates`] orders them; a build without the `ort`
+    /// feature runs tract only.
+    pub fn from_bytes(
+        name: &str,
+        version: u64,
+        bytes: &[u8],
+        config: ModelConfig,
+    ) -> Result<Model> {
+        let load_error = |reason: String| Error::Load {
+            model: Some(name.to_owned()),
+            version: Some(version),
+            path: PathBuf::from(format!("<{} bytes in memory>", bytes.len())),
+            reason,
+        };
+        let graph = GraphInfo::from_bytes(bytes).map_err(load_error)?;
+        let ort_status = backend::ort_status(None);
+        let instances = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Model::build(
+            name,
+            version,
+            ModelSource::Bytes(bytes),
+            graph,
+            Arc::new(config),
+            ort_status.as_ref().map(|_| ()).map_err(String::as_str),
+            instances,
+        )
+        .map_err(load_error)
+    }
+
+    /// Builds, loads on the first engine that works, and warms up; `Err` is the reason.
+    fn build(
+        name: &str,
+        version: u64,
+        source: ModelSource<'_>,
+        graph: GraphInfo,
+        config: Arc<ModelConfig>,
+        ort_status: std::result::Result<(), &str>,
+        default_instances: usize,
+    ) -> std::result::Result<Model, String> {
+        let path = match source {
+            ModelSource::File(path) => Some(path.to_owned()),
+            ModelSource::Bytes(_) => None,
+        };
+        let signatures = signature::build_signatures(&graph, &config)?;
+        let candidates = backend::candidates(config.backend, &graph, ort_status)?;
         let instances = config.instances.unwrap_or(default_instances);
         let raw_output_names = graph
             .outputs
@@ -171,7 +228,7 @@ impl Model {
         let mut model = Model {
             name: name.to_owned(),
             version,
-            path: path.clone(),
+            path,
             config,
             graph,
             signatures,
@@ -180,7 +237,7 @@ impl Model {
             backend_choice: candidates
                 .first()
                 .cloned()
-                .ok_or_else(|| load_error("no engine can run this model".to_owned()))?,
+                .ok_or_else(|| "no engine can run this model".to_owned())?,
         };
         // Each engine in turn until one loads and warms up. A generated warm-up that fails on
         // every engine proves nothing, so the first engine that loaded serves anyway.
@@ -188,7 +245,7 @@ impl Model {
         let mut unproven: Option<(Arc<dyn Backend>, BackendChoice)> = None;
         for choice in candidates {
             let engine = choice.kind.as_str();
-            model.backend = match backend::load(choice.kind, &path, &model.graph, instances) {
+            model.backend = match backend::load(choice.kind, source, &model.graph, instances) {
                 Ok(backend) => backend,
                 Err(e) => {
                     failures.push(format!("{engine} failed to load: {e}"));
@@ -211,7 +268,7 @@ impl Model {
             }
         }
         let Some((backend, choice)) = unproven else {
-            return Err(load_error(failures.join("; ")));
+            return Err(failures.join("; "));
         };
         let reason = with_failures(choice.reason, &failures);
         tracing::warn!(model = %name, version, reason = %reason, "serving without a successful warm-up (add a real request to warmup.jsonl)");
@@ -233,9 +290,9 @@ impl Model {
         self.version
     }
 
-    /// Path of the ONNX file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Path of the ONNX file; `None` for a model loaded from bytes.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The model's configuration (defaults filled in).

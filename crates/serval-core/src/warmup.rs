@@ -33,7 +33,9 @@ pub(crate) enum Warmup {
 
 /// Runs warm-up on `model`; `Err` means the user's recorded requests failed or cannot be read.
 pub(crate) fn warm_up(model: &Model) -> Result<Warmup, String> {
-    let path = model.path().with_file_name(WARMUP_FILE);
+    let Some(path) = model.path().map(|p| p.with_file_name(WARMUP_FILE)) else {
+        return Ok(generated(model));
+    };
     match std::fs::read_to_string(&path) {
         Ok(text) => recorded(model, &text).map(|()| Warmup::Passed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(generated(model)),

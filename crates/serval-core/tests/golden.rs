@@ -280,6 +280,24 @@ fn diabetes_linear_ort() {
 
 // iris_forest: multi-class trees are correct on tract, just slow.
 #[test]
+fn digits_phase1_tract() {
+    check("digits_phase1", "tract", Expect::Golden);
+}
+#[test]
+fn digits_phase1_ort() {
+    check("digits_phase1", "ort", Expect::Golden);
+}
+
+#[test]
+fn digits_phase2_tract() {
+    check("digits_phase2", "tract", Expect::Golden);
+}
+#[test]
+fn digits_phase2_ort() {
+    check("digits_phase2", "ort", Expect::Golden);
+}
+
+#[test]
 fn iris_forest_tract() {
     check("iris_forest", "tract", Expect::Golden);
 }

@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use serval_client::PostError;
+pub use serval_client::Retry;
 use sha2::Sha256;
 
 /// The header carrying `sha256=<hex HMAC of the body>`, as GitHub signs its webhooks.
@@ -20,12 +20,8 @@ pub struct Delivery {
     pub webhooks: Vec<String>,
     /// The HMAC key of the signature header; unsigned without one.
     pub secret: Option<Vec<u8>>,
-    /// Attempts per webhook, the first included.
-    pub attempts: u32,
-    /// The wait before the first retry; doubled each time, with ±50 % jitter.
-    pub backoff: Duration,
-    /// Each attempt's time limit.
-    pub timeout: Duration,
+    /// Attempts per webhook (the first included), backoff and each attempt's time limit.
+    pub retry: Retry,
 }
 
 impl Default for Delivery {
@@ -33,9 +29,11 @@ impl Default for Delivery {
         Delivery {
             webhooks: Vec::new(),
             secret: None,
-            attempts: 5,
-            backoff: Duration::from_millis(500),
-            timeout: Duration::from_secs(10),
+            retry: Retry {
+                attempts: 5,
+                backoff: Duration::from_millis(500),
+                timeout: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -70,16 +68,12 @@ pub struct WebhookOutcome {
 impl Delivery {
     /// Sends `body` (an alert as JSON) to every webhook and runs `command`, waiting for each.
     pub fn deliver(&self, body: &[u8], model_webhooks: &[String], command: &[String]) -> Delivered {
-        let mut rng = SmallRng::seed_from_u64(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        );
+        let agent = self.retry.agent();
         let webhooks = self
             .webhooks
             .iter()
             .chain(model_webhooks)
-            .map(|url| self.post(url, body, &mut rng))
+            .map(|url| self.post(&agent, url, body))
             .collect();
         let (command_status, command_error) = match run_command(command, body) {
             Ok(status) => (status, None),
@@ -92,12 +86,7 @@ impl Delivery {
         }
     }
 
-    fn post(&self, url: &str, body: &[u8], rng: &mut SmallRng) -> WebhookOutcome {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(self.timeout))
-            .build()
-            .into();
+    fn post(&self, agent: &ureq::Agent, url: &str, body: &[u8]) -> WebhookOutcome {
         let signature = self.secret.as_ref().and_then(|key| {
             let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
             mac.update(body);
@@ -106,52 +95,31 @@ impl Delivery {
                 hex::encode(mac.finalize().into_bytes())
             ))
         });
-        let mut delay = self.backoff;
-        let mut error = None;
-        for attempt in 1..=self.attempts.max(1) {
-            let mut request = agent.post(url).header("content-type", "application/json");
-            if let Some(signature) = &signature {
-                request = request.header(SIGNATURE_HEADER, signature);
-            }
-            match request.send(body) {
-                Ok(response) if response.status().is_success() => {
-                    return WebhookOutcome {
-                        url: url.to_owned(),
-                        delivered: true,
-                        attempts: attempt,
-                        error: None,
-                    };
+        let headers: Vec<(&str, &str)> = signature
+            .as_deref()
+            .map(|signature| (SIGNATURE_HEADER, signature))
+            .into_iter()
+            .collect();
+        match self.retry.post(agent, url, &headers, body) {
+            Ok(answered) => WebhookOutcome {
+                url: url.to_owned(),
+                delivered: true,
+                attempts: answered.attempts,
+                error: None,
+            },
+            Err(e) => {
+                let error = match &e {
+                    PostError::Refused { status, .. } => format!("answered {status}"),
+                    PostError::Unreachable { last, .. } => last.clone(),
+                };
+                tracing::warn!(url, error = %error, "webhook not delivered");
+                WebhookOutcome {
+                    url: url.to_owned(),
+                    delivered: false,
+                    attempts: e.attempts(),
+                    error: Some(error),
                 }
-                Ok(response) => {
-                    let status = response.status();
-                    error = Some(format!("answered {}", status.as_u16()));
-                    // A client error other than rate limiting will not change on a retry.
-                    if status.is_client_error() && status.as_u16() != 429 {
-                        return WebhookOutcome {
-                            url: url.to_owned(),
-                            delivered: false,
-                            attempts: attempt,
-                            error,
-                        };
-                    }
-                }
-                Err(e) => error = Some(e.to_string()),
             }
-            if attempt < self.attempts {
-                std::thread::sleep(delay.mul_f64(rng.random_range(0.5..1.5)));
-                delay = delay.saturating_mul(2);
-            }
-        }
-        tracing::warn!(
-            url,
-            error = error.as_deref().unwrap_or(""),
-            "webhook not delivered"
-        );
-        WebhookOutcome {
-            url: url.to_owned(),
-            delivered: false,
-            attempts: self.attempts.max(1),
-            error,
         }
     }
 }

@@ -51,6 +51,25 @@ pub enum LogError {
     Closed,
 }
 
+impl From<serval_wal::WalError> for LogError {
+    fn from(error: serval_wal::WalError) -> LogError {
+        use serval_wal::WalError;
+        match error {
+            WalError::Io {
+                path,
+                message,
+                kind,
+            } => LogError::Io {
+                path,
+                message,
+                kind,
+            },
+            WalError::NotASegment(path) => LogError::NotASegment(path),
+            WalError::RecordTooLarge(bytes) => LogError::RecordTooLarge(bytes),
+        }
+    }
+}
+
 impl LogError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> LogError {
         LogError::Io {

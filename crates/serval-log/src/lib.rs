@@ -3,7 +3,7 @@
 //!
 //! The request path hands a [`LoggedRequest`] to [`PredictionLog::submit`]; a writer thread
 //! appends one [`PredictionRecord`] per instance to a checksummed write-ahead
-//! [`segment`], fsynced by group commit; closed segments are rolled into Parquet,
+//! segment (`serval-wal`), fsynced by group commit; closed segments are rolled into Parquet,
 //! `<root>/predictions/model=<m>/date=<YYYY-MM-DD>/<replica>-<segment>.parquet`, which any engine
 //! reads (DataFusion in `serval sql`, pyarrow, Spark). Ground truth takes the same path:
 //! [`PredictionLog::submit_labels`] appends [`LabelBatch`]es to the same segments, rolled into
@@ -14,7 +14,6 @@ mod error;
 mod record;
 mod roll;
 mod root;
-pub mod segment;
 mod writer;
 
 pub use error::LogError;

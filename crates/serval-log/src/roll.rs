@@ -18,7 +18,7 @@ use parquet::file::properties::WriterProperties;
 use crate::error::LogError;
 use crate::record::{Entry, LabelRecord, PredictionRecord};
 use crate::root::Destination;
-use crate::segment::{self, sync_dir};
+use serval_wal::{self as segment, sync_dir};
 
 /// Folder of the `predictions` table under the log's root.
 pub const PREDICTIONS_DIR: &str = "predictions";

@@ -9,7 +9,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::LogError;
-use crate::segment::sync_dir;
+use serval_wal::sync_dir;
 
 /// The log's root: rolled files go to `<root>/<table>/model=<m>/date=<d>/<segment>.parquet`.
 #[derive(Clone)]
@@ -158,5 +158,5 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
         return Err(LogError::io(&tmp, e));
     }
     std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
-    sync_dir(path)
+    Ok(sync_dir(path)?)
 }

@@ -7,7 +7,6 @@
 //! failed segment is closed where it stands (recovery cuts its torn tail), records that could
 //! not be written are counted, and writing resumes in a fresh segment once space returns.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -21,13 +20,10 @@ use crate::error::LogError;
 use crate::record::{LabelBatch, LoggedRequest};
 use crate::roll::{LABELS_DIR, PREDICTIONS_DIR, roll_segment, segments_in};
 use crate::root::{Destination, LogRoot};
-use crate::segment::SegmentWriter;
+use serval_wal::{DirLock, SegmentWriter};
 
 /// Folder of the write-ahead directories under a local log root: one per live process.
 pub const WAL_DIR: &str = "_wal";
-
-/// File whose lock marks a write-ahead directory as owned by a live process.
-const LOCK_FILE: &str = "LOCK";
 
 /// Where and how the log writes.
 #[derive(Debug, Clone)]
@@ -170,7 +166,8 @@ impl PredictionLog {
         }
         let wal_dir = wal_root.join(sanitize(&options.replica_id));
         std::fs::create_dir_all(&wal_dir).map_err(|e| LogError::io(&wal_dir, e))?;
-        let lock = lock_dir(&wal_dir)?.ok_or_else(|| LogError::InUse(wal_dir.clone()))?;
+        let lock =
+            DirLock::try_acquire(&wal_dir)?.ok_or_else(|| LogError::InUse(wal_dir.clone()))?;
         let stats = Arc::new(LogStats::default());
         let (roll_tx, roll_rx) = std::sync::mpsc::channel::<PathBuf>();
         // Our own folder first (a replica id reused after a crash), then dead processes' folders.
@@ -307,27 +304,16 @@ impl Drop for PredictionLog {
     }
 }
 
-/// Takes the lock of a write-ahead directory: `None` when a live process holds it.
-fn lock_dir(dir: &Path) -> Result<Option<File>, LogError> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::create(&path).map_err(|e| LogError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(LogError::io(&path, e)),
-    }
-}
-
 /// The write-ahead directories of processes that died (their lock is free), locked for the
 /// roller, which rolls their segments and removes them.
-fn adopt_orphans(wal_root: &Path, own: &Path) -> Vec<(PathBuf, File)> {
+fn adopt_orphans(wal_root: &Path, own: &Path) -> Vec<(PathBuf, DirLock)> {
     let Ok(entries) = std::fs::read_dir(wal_root) else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir() && p != own)
-        .filter_map(|dir| match lock_dir(&dir) {
+        .filter_map(|dir| match DirLock::try_acquire(&dir) {
             Ok(Some(lock)) => Some((dir, lock)),
             _ => None,
         })
@@ -340,7 +326,7 @@ fn roll_loop(
     segments: Receiver<PathBuf>,
     root: LogRoot,
     stats: &LogStats,
-    orphans: Vec<(PathBuf, File)>,
+    orphans: Vec<(PathBuf, DirLock)>,
 ) {
     let root = match Destination::new(root) {
         Ok(destination) => destination,
@@ -398,7 +384,7 @@ struct Writer {
     roll_tx: std::sync::mpsc::Sender<PathBuf>,
     stats: Arc<LogStats>,
     /// Held for the writer's life: the directory is ours while it runs.
-    _lock: File,
+    _lock: DirLock,
     /// The last write error's reason, so a lasting condition is logged once, not per group.
     last_error: Option<&'static str>,
     /// Records appended since the last group commit.
@@ -477,7 +463,7 @@ impl Writer {
         }
         let result = self
             .current()
-            .and_then(|segment| records.iter().try_for_each(|r| segment.append(r)));
+            .and_then(|segment| Ok(records.iter().try_for_each(|r| segment.append(r))?));
         let count = records.len() as u64;
         let model = rows.model().to_owned();
         match result {
@@ -519,6 +505,7 @@ impl Writer {
                     self.opened = Instant::now();
                 }
                 Err(e) => {
+                    let e = LogError::from(e);
                     self.fail(&e);
                     return Err(e);
                 }
@@ -530,7 +517,7 @@ impl Writer {
     /// The group commit: fsyncs the open segment and answers the records waiting for it.
     fn commit(&mut self, waiting: &mut Waiting) {
         let result = match &mut self.segment {
-            Some(segment) => segment.sync(),
+            Some(segment) => segment.sync().map_err(LogError::from),
             None => Ok(()),
         };
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,16 @@ pub mod ort;
 pub mod pool;
 pub mod tract;
 
+/// Where a graph's bytes come from: a file (whose directory holds any external tensor data) or
+/// memory (the edge runtime's `Model::from_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// An ONNX file on disk.
+    File(&'a Path),
+    /// A whole ONNX file in memory.
+    Bytes(&'a [u8]),
+}
+
 /// A loaded graph, ready to run batches from any thread.
 pub trait Backend: Send + Sync {
     /// Runs one batch. `inputs` are in graph input order; outputs come back in graph output order.
@@ -127,23 +137,28 @@ pub fn candidates(
     }
 }
 
-/// Loads `model_path` on the chosen engine with `instances` parallel run states.
+/// Loads `source` on the chosen engine with `instances` parallel run states.
 pub fn load(
     kind: BackendKind,
-    model_path: &Path,
+    source: ModelSource<'_>,
     graph: &GraphInfo,
     instances: usize,
 ) -> Result<Arc<dyn Backend>, String> {
     match kind {
-        BackendKind::Tract => Ok(Arc::new(tract::TractBackend::load(
-            model_path, graph, instances,
-        )?)),
+        BackendKind::Tract => {
+            let model_dir = match source {
+                ModelSource::File(path) => path.parent(),
+                ModelSource::Bytes(_) => None,
+            };
+            Ok(Arc::new(tract::TractBackend::load(
+                model_dir, graph, instances,
+            )?))
+        }
         #[cfg(feature = "ort")]
-        BackendKind::Ort => Ok(Arc::new(ort::OrtBackend::load(
-            model_path, graph, instances,
-        )?)),
+        BackendKind::Ort => Ok(Arc::new(ort::OrtBackend::load(source, graph, instances)?)),
         #[cfg(not(feature = "ort"))]
         BackendKind::Ort => {
+            let _ = source;
             Err("this build of Serval has no ONNX Runtime support (feature `ort`)".into())
         }
     }

@@ -14,8 +14,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
-use super::Backend;
 use super::pool::Pool;
+use super::{Backend, ModelSource};
 use crate::graph::GraphInfo;
 use crate::tensor::{Tensor, TensorData};
 
@@ -54,8 +54,12 @@ impl ClassColumns {
 }
 
 impl OrtBackend {
-    /// Creates `instances` sessions of `path`.
-    pub fn load(path: &Path, graph: &GraphInfo, instances: usize) -> Result<OrtBackend, String> {
+    /// Creates `instances` sessions of `source`.
+    pub fn load(
+        source: ModelSource<'_>,
+        graph: &GraphInfo,
+        instances: usize,
+    ) -> Result<OrtBackend, String> {
         let env = runtime(None)?;
         let sessions = (0..instances.max(1))
             .map(|_| {
@@ -65,9 +69,11 @@ impl OrtBackend {
                 let mut builder = builder
                     .with_optimization_level(GraphOptimizationLevel::Level3)
                     .map_err(|e| e.to_string())?;
-                builder
-                    .commit_from_file(path)
-                    .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))
+                match source {
+                    ModelSource::File(path) => builder.commit_from_file(path),
+                    ModelSource::Bytes(bytes) => builder.commit_from_memory(bytes),
+                }
+                .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let input_names = graph.inputs.iter().map(|s| s.name.clone()).collect();

@@ -25,10 +25,15 @@ pub struct TractBackend {
 }
 
 impl TractBackend {
-    /// Loads and optimizes `path`, making the batch axis of every input symbolic.
-    pub fn load(path: &Path, graph: &GraphInfo, instances: usize) -> Result<TractBackend, String> {
+    /// Loads and optimizes the parsed graph, making the batch axis of every input symbolic;
+    /// external tensor data is read from `model_dir`.
+    pub fn load(
+        model_dir: Option<&Path>,
+        graph: &GraphInfo,
+        instances: usize,
+    ) -> Result<TractBackend, String> {
         let onnx = tract_onnx::onnx();
-        let model_dir = path.parent().and_then(Path::to_str);
+        let model_dir = model_dir.and_then(Path::to_str);
         let parsed = onnx
             .parse(&graph.proto, model_dir)
             .map_err(|e| format!("tract cannot load the graph: {e:#}"))?;

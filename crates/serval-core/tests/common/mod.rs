@@ -13,12 +13,14 @@ use tempfile::TempDir;
 pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 /// Every example model.
-pub const MODELS: [&str; 8] = [
+pub const MODELS: [&str; 10] = [
     "breast_cancer_gbt",
     "breast_cancer_lr",
     "breast_cancer_mlp",
     "breast_cancer_mlp_large",
     "diabetes_linear",
+    "digits_phase1",
+    "digits_phase2",
     "iris_forest",
     "iris_logits",
     "iris_lr",

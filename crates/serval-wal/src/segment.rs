@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::LogError;
+use crate::error::WalError;
 
 /// First bytes of every segment (format version 1).
 const MAGIC: &[u8; 8] = b"SRVLSEG1";
@@ -23,6 +23,7 @@ const FRAME: usize = 8;
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
 /// Appends records to one segment file.
+#[derive(Debug)]
 pub struct SegmentWriter {
     path: PathBuf,
     file: BufWriter<File>,
@@ -32,8 +33,8 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates a new segment (refusing to overwrite one) and makes its directory entry durable.
-    pub fn create(path: &Path) -> Result<SegmentWriter, LogError> {
-        let io = |source| LogError::io(path, source);
+    pub fn create(path: &Path) -> Result<SegmentWriter, WalError> {
+        let io = |source| WalError::io(path, source);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -60,14 +61,14 @@ impl SegmentWriter {
     }
 
     /// Appends one record (buffered: durable after the next [`SegmentWriter::sync`]).
-    pub fn append(&mut self, payload: &[u8]) -> Result<(), LogError> {
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), WalError> {
         if payload.len() > MAX_RECORD_BYTES {
-            return Err(LogError::RecordTooLarge(payload.len()));
+            return Err(WalError::RecordTooLarge(payload.len()));
         }
         let mut frame = [0u8; FRAME];
         frame[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         frame[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        let io = |source| LogError::io(&self.path, source);
+        let io = |source| WalError::io(&self.path, source);
         self.file.write_all(&frame).map_err(io)?;
         self.file.write_all(payload).map_err(io)?;
         self.bytes += (FRAME + payload.len()) as u64;
@@ -76,8 +77,8 @@ impl SegmentWriter {
     }
 
     /// Writes out what is buffered and waits for it to reach the disk (the group commit).
-    pub fn sync(&mut self) -> Result<(), LogError> {
-        let io = |source| LogError::io(&self.path, source);
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        let io = |source| WalError::io(&self.path, source);
         self.file.flush().map_err(io)?;
         self.file.get_ref().sync_data().map_err(io)
     }
@@ -109,8 +110,8 @@ pub struct Recovered {
 
 /// Reads every whole record of a segment and cuts a torn tail off the file, so later readers
 /// and appends see only whole records.
-pub fn recover(path: &Path) -> Result<Recovered, LogError> {
-    let io = |source| LogError::io(path, source);
+pub fn recover(path: &Path) -> Result<Recovered, WalError> {
+    let io = |source| WalError::io(path, source);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -124,7 +125,7 @@ pub fn recover(path: &Path) -> Result<Recovered, LogError> {
         None => MAGIC.starts_with(&data),
     };
     if !is_segment {
-        return Err(LogError::NotASegment(path.to_owned()));
+        return Err(WalError::NotASegment(path.to_owned()));
     }
     let mut records = Vec::new();
     let mut at = MAGIC.len().min(data.len());
@@ -157,11 +158,11 @@ pub fn recover(path: &Path) -> Result<Recovered, LogError> {
 }
 
 /// Makes a file's creation, rename or removal in its directory durable.
-pub(crate) fn sync_dir(path: &Path) -> Result<(), LogError> {
+pub fn sync_dir(path: &Path) -> Result<(), WalError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| LogError::io(dir, source))
+        .map_err(|source| WalError::io(dir, source))
 }
 
 #[cfg(test)]
@@ -241,7 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.seg");
         std::fs::write(&path, b"not a segment at all").unwrap();
-        assert!(matches!(recover(&path), Err(LogError::NotASegment(_))));
+        assert!(matches!(recover(&path), Err(WalError::NotASegment(_))));
         assert_eq!(std::fs::read(&path).unwrap(), b"not a segment at all");
     }
 

@@ -1,0 +1,435 @@
+//! The edge runtime: phase 1 in-process, the cascade policy, phase 2 when needed, the offline
+//! queue when phase 2 is out of reach.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use serval_core::cascade::{CascadePolicy, ForwardReason, Verdict};
+use serval_core::instances::{decode_for, predict_instances};
+use serval_core::{Model, ModelConfig};
+
+use crate::error::EdgeError;
+use crate::phase2::Phase2Client;
+use crate::queue::OfflineQueue;
+
+/// One instance's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// The instance's key (the client's, or minted on the device).
+    pub key: String,
+    /// Which model produced `outputs`: 1 (on the device) or 2 (the cloud model).
+    pub phase: u8,
+    /// `true` while phase 1's answer stands in for a forward phase 2 has not answered yet
+    /// (queued offline, or refused): a later answer with the same key may replace it.
+    pub provisional: bool,
+    /// Why phase 1 forwarded it, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<ForwardReason>,
+    /// The forward waits in the offline queue.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
+    /// This is phase 2's answer to a forward queued earlier.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// Phase 1's class and confidence.
+    pub phase1: Verdict,
+    /// The phase-2 version that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The answering model's outputs for this instance.
+    pub outputs: Map<String, Value>,
+    /// Why a forward got no phase-2 answer (queue full, refused by phase 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts since the runtime started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EdgeStats {
+    /// Instances phase 1 judged.
+    pub instances: u64,
+    /// Answered by phase 1 alone.
+    pub local: u64,
+    /// Forwarded by the policy.
+    pub forwarded: u64,
+    /// Answered by phase 2 (live or replayed).
+    pub phase2_answered: u64,
+    /// Put in the offline queue.
+    pub queued: u64,
+    /// Answered by phase 2 from the queue.
+    pub replayed: u64,
+    /// Forwards the full queue refused.
+    pub queue_refused: u64,
+    /// Queued forwards dropped to make room (`drop-oldest`): they get no phase-2 answer.
+    pub queue_dropped: u64,
+    /// Forwards phase 2 refused (never retried).
+    pub phase2_refused: u64,
+}
+
+/// A forwarded instance as the offline queue keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Forward {
+    key: String,
+    /// The instance as the client sent it, key included.
+    instance: Value,
+    class: String,
+    confidence: f32,
+    reason: Option<ForwardReason>,
+}
+
+impl Forward {
+    fn verdict(&self) -> Verdict {
+        Verdict {
+            class: self.class.clone(),
+            confidence: self.confidence,
+            forward: self.reason,
+        }
+    }
+}
+
+/// Phase 1 on the device, with the policy and, when configured, phase 2 and the queue.
+pub struct EdgeRuntime {
+    phase1: Model,
+    policy: CascadePolicy,
+    scores: String,
+    phase2: Option<Phase2Client>,
+    queue: Option<OfflineQueue>,
+    stats: EdgeStats,
+}
+
+impl std::fmt::Debug for EdgeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeRuntime")
+            .field("phase1", &self.phase1)
+            .field("policy", &self.policy)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads phase 1 from a whole ONNX file in memory, on tract (the edge never needs ONNX Runtime).
+pub fn load_phase1(name: &str, bytes: &[u8], mut config: ModelConfig) -> Result<Model, EdgeError> {
+    config.backend = serval_core::config::BackendPreference::Tract;
+    Ok(Model::from_bytes(name, 1, bytes, config)?)
+}
+
+impl EdgeRuntime {
+    /// Checks `policy` against `phase1` (its signature, scores output and classes).
+    pub fn new(
+        phase1: Model,
+        policy: CascadePolicy,
+        phase2: Option<Phase2Client>,
+        queue: Option<OfflineQueue>,
+    ) -> Result<EdgeRuntime, EdgeError> {
+        policy.check().map_err(EdgeError::Config)?;
+        let scores = policy.scores_output(&phase1).map_err(EdgeError::Config)?;
+        Ok(EdgeRuntime {
+            phase1,
+            policy,
+            scores,
+            phase2,
+            queue,
+            stats: EdgeStats::default(),
+        })
+    }
+
+    /// The phase-1 model.
+    pub fn phase1(&self) -> &Model {
+        &self.phase1
+    }
+
+    /// The cascade policy.
+    pub fn policy(&self) -> &CascadePolicy {
+        &self.policy
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> &EdgeStats {
+        &self.stats
+    }
+
+    /// Forwards waiting in the offline queue.
+    pub fn queued(&self) -> u64 {
+        self.queue.as_ref().map_or(0, OfflineQueue::len)
+    }
+
+    /// Answers `instances` (JSON objects, keys optional) through `emit`, in order, after
+    /// replaying whatever waits in the queue (those answers first, see [`EdgeRuntime::replay`]).
+    /// An instance phase 1 cannot take fails the call, naming it; nothing is forwarded or
+    /// queued then.
+    pub fn answer<E: From<EdgeError>>(
+        &mut self,
+        instances: &[Value],
+        emit: &mut impl FnMut(&[Answer]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.replay(emit)?;
+        let answers = self.judge_and_forward(instances)?;
+        emit(&answers)
+    }
+
+    /// Phase 1 on `instances`, then phase 2 or the queue for the forwarded ones.
+    fn judge_and_forward(&mut self, instances: &[Value]) -> Result<Vec<Answer>, EdgeError> {
+        let instances = self.keyed(instances)?;
+        let signature = self.policy.signature.as_deref();
+        let predictions = predict_instances(&self.phase1, signature, &instances)?;
+        let scores = predictions
+            .outputs
+            .iter()
+            .find(|(name, _)| *name == self.scores)
+            .map(|(_, t)| t)
+            .ok_or_else(|| EdgeError::Config(format!("phase 1 gave no '{}'", self.scores)))?;
+        let verdicts = self
+            .policy
+            .judge(scores, &self.phase1.config().class_labels)
+            .map_err(EdgeError::Config)?;
+        let key_name = &predictions.key_name;
+        let mut answers = Vec::with_capacity(instances.len());
+        let mut forwards = Vec::new();
+        for (row, (instance, verdict)) in instances.into_iter().zip(verdicts).enumerate() {
+            let mut outputs = match serde_json::to_value(predictions.row(row)) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            };
+            let key = match outputs.remove(key_name) {
+                Some(Value::String(key)) => key,
+                _ => String::new(),
+            };
+            self.stats.instances += 1;
+            if verdict.forward.is_some() {
+                self.stats.forwarded += 1;
+                forwards.push((
+                    answers.len(),
+                    Forward {
+                        key: key.clone(),
+                        instance,
+                        class: verdict.class.clone(),
+                        confidence: verdict.confidence,
+                        reason: verdict.forward,
+                    },
+                ));
+            } else {
+                self.stats.local += 1;
+            }
+            answers.push(Answer {
+                key,
+                phase: 1,
+                provisional: verdict.forward.is_some(),
+                forwarded: verdict.forward,
+                queued: false,
+                replayed: false,
+                phase1: verdict,
+                version: None,
+                outputs,
+                error: None,
+            });
+        }
+        self.forward(forwards, &mut answers)?;
+        Ok(answers)
+    }
+
+    /// Gives every instance a key (minting UUIDv7s), as an object holding it.
+    fn keyed(&self, instances: &[Value]) -> Result<Vec<Value>, EdgeError> {
+        let key_name = &self.phase1.config().key;
+        let signature = self.phase1.signature(self.policy.signature.as_deref())?;
+        instances
+            .iter()
+            .map(|instance| {
+                let mut object = match instance {
+                    Value::Object(map) => map.clone(),
+                    // A bare value is the single input's (as in the server's row format).
+                    other => match signature.inputs.as_slice() {
+                        [only] => Map::from_iter([(only.name.clone(), other.clone())]),
+                        _ => {
+                            return Err(EdgeError::Model(serval_core::Error::from(
+                                serval_core::InputError::new(format!(
+                                    "an instance must be an object naming the inputs {:?}",
+                                    signature.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+                                )),
+                            )));
+                        }
+                    },
+                };
+                if !object.contains_key(key_name) {
+                    object.insert(
+                        key_name.clone(),
+                        Value::String(uuid::Uuid::now_v7().to_string()),
+                    );
+                }
+                Ok(Value::Object(object))
+            })
+            .collect()
+    }
+
+    /// Sends `forwards` to phase 2 behind anything queued, filling in their answers; what
+    /// phase 2 cannot take now goes to the queue, in order.
+    fn forward(
+        &mut self,
+        forwards: Vec<(usize, Forward)>,
+        answers: &mut [Answer],
+    ) -> Result<(), EdgeError> {
+        let mut pending = forwards.as_slice();
+        // Only when nothing waits may new forwards overtake the queue.
+        if self.queued() == 0 && self.phase2.is_some() {
+            while !pending.is_empty() {
+                let take = pending.len().min(self.max_batch());
+                let (batch, rest) = pending.split_at(take);
+                let sent: Vec<Forward> = batch.iter().map(|(_, f)| f.clone()).collect();
+                match self.send(&sent) {
+                    Ok(mut phase2) => {
+                        for ((at, _), answer) in batch.iter().zip(phase2.drain(..)) {
+                            answers[*at] = answer;
+                        }
+                    }
+                    Err(EdgeError::Unreachable(e)) => {
+                        tracing::warn!(error = %e, "phase 2 unreachable: queuing forwards");
+                        break;
+                    }
+                    Err(EdgeError::Phase2(why)) => {
+                        for (at, _) in batch {
+                            answers[*at].error = Some(why.clone());
+                            self.stats.phase2_refused += 1;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+                pending = rest;
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Some(queue) = &mut self.queue else {
+            for (at, _) in pending {
+                answers[*at].error = Some(match &self.phase2 {
+                    Some(_) => "phase 2 is unreachable and no offline queue is configured".into(),
+                    None => "no phase 2 is configured".into(),
+                });
+            }
+            return Ok(());
+        };
+        let payloads = pending
+            .iter()
+            .map(|(_, f)| serde_json::to_vec(f).map_err(|e| EdgeError::Config(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dropped_before = queue.dropped();
+        let queued = match queue.push(&payloads) {
+            Ok(range) => range,
+            Err(EdgeError::QueueFull { .. }) => 0..0,
+            Err(e) => return Err(e),
+        };
+        let full = EdgeError::QueueFull {
+            records: queue.len(),
+            bytes: queue.bytes(),
+        }
+        .to_string();
+        let dropped = queue.dropped() - dropped_before;
+        for (i, (at, _)) in pending.iter().enumerate() {
+            if queued.contains(&i) {
+                answers[*at].queued = true;
+            } else {
+                answers[*at].error = Some(full.clone());
+            }
+        }
+        let refused = (pending.len() - queued.len()) as u64;
+        self.stats.queued += queued.len() as u64;
+        self.stats.queue_refused += refused;
+        // Drop-oldest: what went beyond this push's own refused ones were queued earlier.
+        self.stats.queue_dropped += dropped.saturating_sub(refused);
+        Ok(())
+    }
+
+    fn max_batch(&self) -> usize {
+        self.phase2.as_ref().map_or(1, Phase2Client::max_batch)
+    }
+
+    /// Sends the queue to phase 2, oldest first, until it is empty or phase 2 is out of reach,
+    /// handing each batch's answers (`replayed`) to `emit` before acknowledging it: a crash in
+    /// between replays the batch again (a duplicate, same keys), never loses it. A batch phase
+    /// 2 refuses is answered with the error and leaves the queue, so one bad record never
+    /// blocks the rest.
+    pub fn replay<E: From<EdgeError>>(
+        &mut self,
+        emit: &mut impl FnMut(&[Answer]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.phase2.is_none() {
+            return Ok(());
+        }
+        let limit = self.max_batch();
+        while let Some(queue) = &mut self.queue {
+            let records = queue.peek(limit)?;
+            if records.is_empty() {
+                break;
+            }
+            let forwards: Vec<Forward> = records
+                .iter()
+                .map(|r| serde_json::from_slice(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    EdgeError::Config(format!("an offline queue record is unreadable: {e}"))
+                })?;
+            let answers: Vec<Answer> = match self.send(&forwards) {
+                Ok(mut sent) => {
+                    for answer in &mut sent {
+                        answer.replayed = true;
+                    }
+                    self.stats.replayed += sent.len() as u64;
+                    sent
+                }
+                Err(EdgeError::Unreachable(_)) => break,
+                Err(EdgeError::Phase2(why)) => {
+                    self.stats.phase2_refused += forwards.len() as u64;
+                    forwards
+                        .iter()
+                        .map(|f| Answer {
+                            key: f.key.clone(),
+                            phase: 1,
+                            provisional: true,
+                            forwarded: f.reason,
+                            queued: false,
+                            replayed: true,
+                            phase1: f.verdict(),
+                            version: None,
+                            outputs: Map::new(),
+                            error: Some(why.clone()),
+                        })
+                        .collect()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            emit(&answers)?;
+            if let Some(queue) = &mut self.queue {
+                queue.ack(forwards.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One phase-2 request for `forwards`; their answers in order.
+    fn send(&mut self, forwards: &[Forward]) -> Result<Vec<Answer>, EdgeError> {
+        let Some(client) = &self.phase2 else {
+            return Err(EdgeError::Config("no phase 2 is configured".into()));
+        };
+        let signature = self.phase1.signature(self.policy.signature.as_deref())?;
+        let instances: Vec<Value> = forwards.iter().map(|f| f.instance.clone()).collect();
+        let decoded =
+            decode_for(&self.phase1, signature, &instances).map_err(serval_core::Error::from)?;
+        let keys: Vec<String> = forwards.iter().map(|f| f.key.clone()).collect();
+        let phase2 = client.infer(&keys, &decoded.inputs)?;
+        self.stats.phase2_answered += forwards.len() as u64;
+        Ok(forwards
+            .iter()
+            .zip(phase2.outputs)
+            .map(|(f, outputs)| Answer {
+                key: f.key.clone(),
+                phase: 2,
+                provisional: false,
+                forwarded: f.reason,
+                queued: false,
+                replayed: false,
+                phase1: f.verdict(),
+                version: Some(phase2.version.clone()),
+                outputs,
+                error: None,
+            })
+            .collect())
+    }
+}
