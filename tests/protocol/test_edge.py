@@ -10,7 +10,6 @@ exit or a file, under generous deadlines."""
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 import os
 import queue as queues
 import re
@@ -20,12 +19,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import requests
 
 from support import REPO, ROOT, ServalServer, assert_minted, free_port, serval_bin
 
@@ -850,3 +851,73 @@ def test_a_killed_owner_leaves_the_queue_free(tmp_path, digits):
     run = edge("--queue", queue, "--input", write_lines(tmp_path / "d.jsonl", digits.lines[:2]), "--attempts", "1",
                *phase2_flags(url))
     assert run.returncode == 0, run.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Phase 1 evaluated like any model: a sample of its predictions in the server's log
+# ---------------------------------------------------------------------------------------------
+
+LABELS = ROOT / "examples" / "data" / "digits_two_phase_labels.jsonl"
+
+
+def test_reported_phase_1_predictions_are_logged_as_edge_and_evaluated_by_key(tmp_path, digits):
+    import pyarrow.dataset as ds
+
+    repo = tmp_path / "repo"
+    for model in ("digits_phase1", PHASE2):
+        shutil.copytree(REPO / model, repo / model)
+    log = tmp_path / "log"
+    rows = list(range(200))
+    data = write_lines(tmp_path / "d.jsonl", [digits.lines[r] for r in rows])
+    keys = [digits.keys[r] for r in rows]
+    server = ServalServer("--prediction-log", str(log), repo=repo)
+    try:
+        run = edge("--policy", write_policy(tmp_path, DEFAULT_POLICY.toml()), "--input", data,
+                   "--report-sample", "1", *phase2_flags(server.url)).ok()
+        assert run.stderr.count("200 phase-1 predictions reported to the log (0 failed)") == 1, run.stderr
+        # Ground truth for those keys, posted as for any model.
+        truth = {}
+        with open(LABELS, encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                truth[entry["key"]] = entry["label"]
+        body = {"labels": [{"key": k, "label": truth[k]} for k in keys]}
+        r = requests.post(f"{server.url}/v1/models/digits_phase1/labels", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        # A report that does not fit the signature is refused whole, naming what is wrong.
+        bad = {"predictions": [{"key": "x", "inputs": {"features": [0.0] * 63},
+                                "outputs": {"label": 1, "probabilities": [0.1] * 11}}]}
+        r = requests.post(f"{server.url}/v2/models/digits_phase1/log", json=bad, timeout=30)
+        assert r.status_code == 400 and "features" in r.json()["error"], r.text
+    finally:
+        assert server.terminate() == 0, server.stderr_text()
+
+    table = ds.dataset(log / "predictions", format="parquet", partitioning="hive").to_table().to_pylist()
+    edge_rows = [t for t in table if t["source"] == "edge"]
+    assert sorted(t["key"] for t in edge_rows) == sorted(keys), "every reported key, once"
+    assert {t["model"] for t in edge_rows} == {"digits_phase1"}
+    for t in edge_rows:
+        i = digits.row(t["key"])
+        outputs = json.loads(t["outputs"])
+        np.testing.assert_allclose(outputs["probabilities"], digits.p1_prob[i], rtol=1e-4, atol=1e-5)
+        assert json.loads(t["inputs"])["features"] == json.loads(digits.lines[i])["features"]
+    # The server's own log of phase 2 holds only the forwarded keys.
+    forwarded = {a["key"] for a in run.answers if a["phase"] == 2}
+    assert {t["key"] for t in table if t["model"] == PHASE2} == forwarded
+
+    # serval eval scores the device's model on its reported predictions and the labels.
+    res = subprocess.run([str(serval_bin()), "eval", str(repo), "--prediction-log", str(log), "--model",
+                          "digits_phase1", "--window", "1000rows", "--format", "json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    [window] = json.loads(res.stdout)
+    expected = float(np.mean([CLASSES[int(digits.p1_prob[digits.row(k)].argmax())] == truth[k] for k in keys]))
+    assert window["rows"] == 200 and window["labelled"] == 200, window
+    assert window["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-9), window["metrics"]
+
+
+def test_reports_need_a_prediction_log(live, digits):
+    body = {"predictions": [{"key": "x", "inputs": {"features": [0.0] * 64},
+                             "outputs": {"label": 1, "probabilities": [0.1] * 10}}]}
+    r = requests.post(f"{live.url}/v2/models/{PHASE2}/log", json=body, timeout=30)
+    assert r.status_code == 501 and "--prediction-log" in r.json()["error"], r.text

@@ -13,7 +13,8 @@ use clap::Args;
 use serval_core::ModelConfig;
 use serval_core::cascade::CascadePolicy;
 use serval_edge::{
-    EdgeRuntime, OfflineQueue, Phase2Client, Phase2Options, QueueOptions, WhenFull, load_phase1,
+    EdgeRuntime, OfflineQueue, Phase2Client, Phase2Options, QueueOptions, ReportOptions, WhenFull,
+    load_phase1,
 };
 
 /// `serval edge` arguments.
@@ -74,6 +75,16 @@ pub struct EdgeArgs {
     /// Each phase-2 attempt's time limit, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// The share of phase-1 predictions (by key) reported to the server's prediction log
+    /// (`source = edge`), so the device's model is evaluated too; 0 reports none.
+    #[arg(long, default_value_t = 0.1)]
+    report_sample: f64,
+    /// The phase-1 model's name in the server's repository (default: its name here).
+    #[arg(long)]
+    report_model: Option<String>,
+    /// The phase-1 version in the server's repository (default: the server's default).
+    #[arg(long)]
+    report_version: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -126,8 +137,21 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    if !(0.0..=1.0).contains(&args.report_sample) {
+        bail!(
+            "--report-sample must be between 0 and 1, got {}",
+            args.report_sample
+        );
+    }
     let mut edge = EdgeRuntime::new(phase1, policy, phase2, queue)
         .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    if args.server.is_some() && args.report_sample > 0.0 {
+        edge = edge.with_report(ReportOptions {
+            model: args.report_model.clone().unwrap_or(name),
+            version: args.report_version.clone(),
+            sample_rate: args.report_sample,
+        });
+    }
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             std::fs::File::create(path)
@@ -163,7 +187,7 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
     edge.replay(&mut write)?;
     let stats = edge.stats();
     eprintln!(
-        "serval edge: {} instances, {} answered on the device, {} forwarded ({} answered by phase 2, {} from the queue), {} queued, {} refused by a full queue, {} dropped from it, {} refused by phase 2; {} still waiting",
+        "serval edge: {} instances, {} answered on the device, {} forwarded ({} answered by phase 2, {} from the queue), {} queued, {} refused by a full queue, {} dropped from it, {} refused by phase 2; {} still waiting; {} phase-1 predictions reported to the log ({} failed)",
         stats.instances,
         stats.local,
         stats.forwarded,
@@ -173,7 +197,9 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         stats.queue_refused,
         stats.queue_dropped,
         stats.phase2_refused,
-        edge.queued()
+        edge.queued(),
+        stats.reported,
+        stats.reports_failed
     );
     if args.server.is_none() && args.queue.is_none() && stats.forwarded > 0 {
         bail!(

@@ -109,6 +109,40 @@ pub fn predict_instances(
     })
 }
 
+/// Whether an instance is in the sample: by its key's hash, so a key is always in or always out
+/// (its label can always be joined); an instance without a key hashes its request and position.
+pub fn sampled(key: Option<&str>, request_id: &str, row: usize, rate: f64) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    // FNV-1a: stable across processes and releases (std's hasher is neither promised).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match key {
+        Some(key) => feed(key.as_bytes()),
+        None => {
+            feed(request_id.as_bytes());
+            feed(&row.to_le_bytes());
+        }
+    }
+    // FNV's high bits barely move between similar keys (`key-1`, `key-2`): mix them
+    // (splitmix64's finalizer) before taking the top 53 as a fraction.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    ((hash >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
 /// Instances decoded into batched tensors.
 #[derive(Debug)]
 pub struct DecodedInstances {
@@ -853,7 +887,7 @@ mod tests {
     use serde::de::DeserializeSeed;
     use serde_json::Value;
 
-    use super::{InstancesSeed, decode_instances};
+    use super::{InstancesSeed, decode_instances, sampled};
     use crate::graph::TensorSpec;
     use crate::signature::Signature;
     use crate::tensor::DataType;
@@ -960,6 +994,21 @@ mod tests {
             };
             let fast = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
             assert!(fast.is_ok(), "{json}: {:?}", fast.err());
+        }
+    }
+
+    #[test]
+    fn sampling_by_key_is_stable_and_near_the_rate() {
+        let kept = (0..10_000)
+            .filter(|i| sampled(Some(&format!("key-{i}")), "r", 0, 0.25))
+            .count();
+        assert!((2_300..2_700).contains(&kept), "{kept}");
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            assert_eq!(
+                sampled(Some(&key), "a", 0, 0.5),
+                sampled(Some(&key), "b", 9, 0.5)
+            );
         }
     }
 }

@@ -88,6 +88,38 @@ impl Phase2Client {
         &self.options.model
     }
 
+    /// Reports phase-1 predictions (`{key, timestamp_us, inputs, outputs}` each) to the server's
+    /// prediction log as `model`'s (`POST /v2/models/{m}/log`), in one attempt: a report is a
+    /// sample, and an unreachable server should not hold up answers. Returns the records taken.
+    pub fn report(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        signature: &str,
+        predictions: Vec<Value>,
+    ) -> Result<usize, EdgeError> {
+        let base = self.options.server.trim_end_matches('/');
+        let url = match version {
+            Some(v) => format!("{base}/v2/models/{model}/versions/{v}/log"),
+            None => format!("{base}/v2/models/{model}/log"),
+        };
+        let body = serde_json::to_vec(&json!({"signature": signature, "predictions": predictions}))
+            .map_err(|e| EdgeError::Phase2(format!("report could not be encoded: {e}")))?;
+        let once = Retry {
+            attempts: 1,
+            ..self.options.retry.clone()
+        };
+        let answered = once
+            .post(&self.agent, &url, &[], &body)
+            .map_err(|e| match e {
+                PostError::Refused { .. } => EdgeError::Phase2(format!("refused the report: {e}")),
+                PostError::Unreachable { .. } => EdgeError::Unreachable(e),
+            })?;
+        let reply: Value = serde_json::from_slice(&answered.body)
+            .map_err(|e| EdgeError::Phase2(format!("answered the report with non-JSON: {e}")))?;
+        Ok(reply["accepted"].as_u64().unwrap_or(0) as usize)
+    }
+
     /// Sends one batch: `inputs` row `i` belongs to `keys[i]`. Unreachable after every retry is
     /// [`EdgeError::Unreachable`] (the caller queues); a refusal or an answer that does not
     /// match the request is [`EdgeError::Phase2`] (queuing would not help).

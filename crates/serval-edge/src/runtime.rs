@@ -63,6 +63,22 @@ pub struct EdgeStats {
     pub queue_dropped: u64,
     /// Forwards phase 2 refused (never retried).
     pub phase2_refused: u64,
+    /// Phase-1 predictions reported to the server's prediction log.
+    pub reported: u64,
+    /// Sampled phase-1 predictions whose report failed (a sample: not retried).
+    pub reports_failed: u64,
+}
+
+/// Which phase-1 predictions are reported to the server's prediction log, and as which model.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// The phase-1 model's name in the server's repository.
+    pub model: String,
+    /// Its version there (the server's default when `None`).
+    pub version: Option<String>,
+    /// The share of keys reported, by the key's hash (a key is always in or always out, so its
+    /// label joins).
+    pub sample_rate: f64,
 }
 
 /// A forwarded instance as the offline queue keeps it.
@@ -93,6 +109,7 @@ pub struct EdgeRuntime {
     scores: String,
     phase2: Option<Phase2Client>,
     queue: Option<OfflineQueue>,
+    report: Option<ReportOptions>,
     stats: EdgeStats,
 }
 
@@ -128,8 +145,16 @@ impl EdgeRuntime {
             scores,
             phase2,
             queue,
+            report: None,
             stats: EdgeStats::default(),
         })
+    }
+
+    /// Reports a sample of phase-1 predictions (`source = edge`) to phase 2's server, so the
+    /// device's model is evaluated like the server's (needs a phase-2 client).
+    pub fn with_report(mut self, report: ReportOptions) -> EdgeRuntime {
+        self.report = Some(report);
+        self
     }
 
     /// The phase-1 model.
@@ -184,6 +209,10 @@ impl EdgeRuntime {
         let key_name = &predictions.key_name;
         let mut answers = Vec::with_capacity(instances.len());
         let mut forwards = Vec::new();
+        let mut reports = Vec::new();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
         for (row, (instance, verdict)) in instances.into_iter().zip(verdicts).enumerate() {
             let mut outputs = match serde_json::to_value(predictions.row(row)) {
                 Ok(Value::Object(map)) => map,
@@ -194,6 +223,15 @@ impl EdgeRuntime {
                 _ => String::new(),
             };
             self.stats.instances += 1;
+            if let Some(report) = &self.report
+                && serval_core::instances::sampled(Some(&key), "", 0, report.sample_rate)
+            {
+                let mut inputs = instance.as_object().cloned().unwrap_or_default();
+                inputs.remove(key_name);
+                reports.push(serde_json::json!({
+                    "key": key, "timestamp_us": now_us, "inputs": inputs, "outputs": outputs,
+                }));
+            }
             if verdict.forward.is_some() {
                 self.stats.forwarded += 1;
                 forwards.push((
@@ -223,7 +261,38 @@ impl EdgeRuntime {
             });
         }
         self.forward(forwards, &mut answers)?;
+        self.send_report(reports);
         Ok(answers)
+    }
+
+    /// Sends sampled phase-1 predictions to the server's log; a failure is counted, not retried.
+    fn send_report(&mut self, predictions: Vec<Value>) {
+        let (Some(report), Some(client)) = (&self.report, &self.phase2) else {
+            return;
+        };
+        if predictions.is_empty() {
+            return;
+        }
+        let count = predictions.len() as u64;
+        let signature = self
+            .phase1
+            .signature(self.policy.signature.as_deref())
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        match client.report(
+            &report.model,
+            report.version.as_deref(),
+            &signature,
+            predictions,
+        ) {
+            Ok(_) => self.stats.reported += count,
+            Err(e) => {
+                if self.stats.reports_failed == 0 {
+                    tracing::warn!(error = %e, "phase-1 predictions could not be reported (counted, not retried)");
+                }
+                self.stats.reports_failed += count;
+            }
+        }
     }
 
     /// Gives every instance a key (minting UUIDv7s), as an object holding it.

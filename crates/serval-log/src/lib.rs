@@ -17,9 +17,7 @@ mod root;
 mod writer;
 
 pub use error::LogError;
-pub use record::{
-    Label, LabelBatch, LabelRecord, LoggedRequest, PredictionRecord, Source, sampled,
-};
+pub use record::{Label, LabelBatch, LabelRecord, LoggedRequest, PredictionRecord, Source};
 pub use roll::{
     ALERTS_DIR, LABELS_DIR, PREDICTIONS_DIR, alerts_schema, labels_schema, predictions_schema,
     write_table_file,

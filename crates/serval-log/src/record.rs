@@ -4,7 +4,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serval_core::Tensor;
-use serval_core::instances::{RowView, TensorView};
+use serval_core::instances::{RowView, TensorView, sampled};
 
 use crate::error::LogError;
 
@@ -289,40 +289,6 @@ fn encode_error(e: serde_json::Error) -> LogError {
     LogError::Encode(e.to_string())
 }
 
-/// Whether an instance is in the sample: by its key's hash, so a key is always in or always out
-/// (its label can always be joined); an instance without a key hashes its request and position.
-pub fn sampled(key: Option<&str>, request_id: &str, row: usize, rate: f64) -> bool {
-    if rate >= 1.0 {
-        return true;
-    }
-    if rate <= 0.0 {
-        return false;
-    }
-    // FNV-1a: stable across processes and releases (std's hasher is neither promised).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    match key {
-        Some(key) => feed(key.as_bytes()),
-        None => {
-            feed(request_id.as_bytes());
-            feed(&row.to_le_bytes());
-        }
-    }
-    // FNV's high bits barely move between similar keys (`key-1`, `key-2`): mix them
-    // (splitmix64's finalizer) before taking the top 53 as a fraction.
-    hash ^= hash >> 30;
-    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash ^= hash >> 27;
-    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^= hash >> 31;
-    ((hash >> 11) as f64 / (1u64 << 53) as f64) < rate
-}
-
 /// One instance's tensors as `{name: value}`: row `row` of each, or each whole.
 struct Instance<'a> {
     tensors: &'a [(String, Tensor)],
@@ -438,18 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn sampling_by_key_is_stable_and_near_the_rate() {
-        let kept = (0..10_000)
-            .filter(|i| sampled(Some(&format!("key-{i}")), "r", 0, 0.25))
-            .count();
-        assert!((2_300..2_700).contains(&kept), "{kept}");
-        for i in 0..100 {
-            let key = format!("key-{i}");
-            assert_eq!(
-                sampled(Some(&key), "a", 0, 0.5),
-                sampled(Some(&key), "b", 9, 0.5)
-            );
-        }
+    fn a_sample_rate_of_zero_logs_nothing() {
         assert!(request(0.0).records().unwrap().is_empty());
     }
 }

@@ -379,6 +379,105 @@ impl Pipeline {
     }
 }
 
+/// A prediction made elsewhere (the edge runtime's phase 1), as it reports it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedPrediction {
+    /// The instance's key.
+    pub key: String,
+    /// When it was made, µs since the Unix epoch (UTC); the time it arrives if absent.
+    #[serde(default)]
+    pub timestamp_us: Option<i64>,
+    /// The instance's inputs, `{name: value}` as in the row format.
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// Its outputs, `{name: value}` for the signature's outputs.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Pipeline {
+    /// Records predictions `version` of `model` made elsewhere (`source = edge`), so they are
+    /// evaluated like the server's own: inputs and outputs are decoded against the signature
+    /// (a record that does not fit it refuses the whole report, naming it), then logged with the
+    /// model's durability. Returns the records taken.
+    pub async fn record_reported(
+        &self,
+        model: &str,
+        version: &VersionSelector,
+        signature: Option<&str>,
+        records: Vec<ReportedPrediction>,
+    ) -> Result<usize> {
+        let Some(log) = &self.log else {
+            return Err(ServerError::NotEnabled(
+                "this server keeps no prediction log, so it cannot take reported predictions: \
+                 start it with --prediction-log DIR"
+                    .into(),
+            ));
+        };
+        let served = self.store.model(model)?;
+        let version = served.resolve(version)?;
+        let model = &version.model;
+        if !model.is_batchable() {
+            return Err(ServerError::BadRequest(format!(
+                "model '{}' does not batch: reported predictions need rows",
+                model.name()
+            )));
+        }
+        let signature = model.signature(signature)?;
+        let key_name = &model.config().key;
+        let rows =
+            |part: fn(&ReportedPrediction) -> &serde_json::Map<String, serde_json::Value>| {
+                records
+                    .iter()
+                    .map(|r| {
+                        let mut row = part(r).clone();
+                        row.insert(key_name.clone(), serde_json::Value::String(r.key.clone()));
+                        serde_json::Value::Object(row)
+                    })
+                    .collect::<Vec<_>>()
+            };
+        let inputs =
+            serval_core::instances::decode_instances(signature, key_name, &rows(|r| &r.inputs))
+                .map_err(|e| ServerError::BadRequest(format!("inputs of {e}")))?;
+        // The outputs are checked as a signature whose inputs are the real one's outputs.
+        let as_inputs = serval_core::Signature {
+            inputs: signature.outputs.clone(),
+            outputs: Vec::new(),
+            postprocess: Vec::new(),
+            ..signature.clone()
+        };
+        let outputs =
+            serval_core::instances::decode_instances(&as_inputs, key_name, &rows(|r| &r.outputs))
+                .map_err(|e| ServerError::BadRequest(format!("outputs of {e}")))?;
+        let now = now_us();
+        let taken = records.len();
+        let request = LoggedRequest {
+            model: model.name().to_owned(),
+            version: model.version(),
+            signature: signature.name.clone(),
+            timestamp_us: now,
+            instance_timestamps_us: Some(
+                records
+                    .iter()
+                    .map(|r| r.timestamp_us.unwrap_or(now))
+                    .collect(),
+            ),
+            request_id: mint_key(),
+            protocol: "v2_rest",
+            source: Source::Edge,
+            keys: inputs.keys,
+            inputs: Some(inputs.inputs),
+            outputs: Some(outputs.inputs),
+            batched: true,
+            queue_us: 0,
+            compute_us: 0,
+            // The reporter sampled already.
+            sample_rate: 1.0,
+        };
+        record(log, request, served.config.logging.durability).await?;
+        Ok(taken)
+    }
+}
+
 /// Hands a prediction to the log. Buffered: never fails the request (a full queue drops the
 /// record, counted). Synced: answers only once the record is on disk, else 503.
 async fn record(log: &PredictionLog, request: LoggedRequest, durability: Durability) -> Result<()> {

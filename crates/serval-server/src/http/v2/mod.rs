@@ -2,6 +2,7 @@
 //! tensor extension: health, server and model metadata, model config, and `infer`.
 
 mod infer;
+mod log;
 mod repository;
 mod stats;
 
@@ -56,6 +57,8 @@ pub(super) fn routes() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer::infer),
         )
+        .route("/v2/models/{model}/log", post(log::log))
+        .route("/v2/models/{model}/versions/{version}/log", post(log::log))
 }
 
 /// What `GET /v2` answers (shared with gRPC `ServerMetadata`).
