@@ -632,8 +632,9 @@ def test_phase_2_killed_mid_stream_queues_then_replays_when_it_returns(tmp_path,
     port = free_port()
     server = start_phase2(phase2_repo, port)
     queue = tmp_path / "queue"
+    # Probing on every line, so the first line after the restart finds phase 2 back.
     proc = EdgeProcess("--policy", write_policy(tmp_path, FORWARD_ALL), "--queue", queue, "--batch-size", "1",
-                       "--attempts", "1", *phase2_flags(server.url))
+                       "--attempts", "1", "--outage-probe-ms", "0", *phase2_flags(server.url))
     try:
         for row in range(5):
             proc.send(digits.lines[row])

@@ -75,9 +75,16 @@ pub struct EdgeArgs {
     /// Each phase-2 attempt's time limit, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// After phase 2 is found unreachable, how long to wait (milliseconds) before trying it
+    /// again, doubling up to 30 s while it stays down; meanwhile forwards go straight to the
+    /// queue. 0 tries on every batch.
+    #[arg(long, default_value_t = serval_edge::FIRST_OUTAGE_PROBE.as_millis() as u64)]
+    outage_probe_ms: u64,
     /// The share of phase-1 predictions (by key) reported to the server's prediction log
-    /// (`source = edge`), so the device's model is evaluated too; 0 reports none.
-    #[arg(long, default_value_t = 0.1)]
+    /// (`source = edge`), so the device's model is evaluated too; 0 reports none. Each report
+    /// carries the instance's inputs and outputs: on the digits example, 1 % costs about half
+    /// the bytes of the forwards themselves.
+    #[arg(long, default_value_t = 0.01)]
     report_sample: f64,
     /// The phase-1 model's name in the server's repository (default: its name here).
     #[arg(long)]
@@ -144,7 +151,8 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         );
     }
     let mut edge = EdgeRuntime::new(phase1, policy, phase2, queue)
-        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?
+        .with_outage_probe(Duration::from_millis(args.outage_probe_ms));
     if args.server.is_some() && args.report_sample > 0.0 {
         edge = edge.with_report(ReportOptions {
             model: args.report_model.clone().unwrap_or(name),

@@ -20,9 +20,11 @@ pub struct QuantizeArgs {
     input: PathBuf,
     /// Where the quantized file goes.
     output: PathBuf,
-    /// weights-int8: int8 weights per channel behind DequantizeLinear (about 4× smaller, float
-    /// speed); dynamic-int8: MatMulInteger over activations quantized per call (ONNX Runtime's
-    /// quantize_dynamic); fp16: float16 weights (2× smaller).
+    /// weights-int8: int8 weights per channel behind DequantizeLinear (about 4× smaller; tract,
+    /// the edge engine, folds them back into float weights at load and runs at float speed,
+    /// while ONNX Runtime dequantizes on every call and is 2-3× slower); dynamic-int8:
+    /// MatMulInteger over activations quantized per call (ONNX Runtime's quantize_dynamic, fast
+    /// on ONNX Runtime); fp16: float16 weights (2× smaller).
     #[arg(long, value_enum, default_value = "weights-int8")]
     mode: ModeArg,
     /// Weights with fewer elements stay float.

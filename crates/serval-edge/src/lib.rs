@@ -35,4 +35,4 @@ mod runtime;
 pub use error::EdgeError;
 pub use phase2::{Phase2Answer, Phase2Client, Phase2Options};
 pub use queue::{OfflineQueue, QueueOptions, WhenFull};
-pub use runtime::{Answer, EdgeRuntime, EdgeStats, ReportOptions, load_phase1};
+pub use runtime::{Answer, EdgeRuntime, EdgeStats, FIRST_OUTAGE_PROBE, ReportOptions, load_phase1};

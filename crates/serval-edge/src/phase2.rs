@@ -83,6 +83,11 @@ impl Phase2Client {
         self.options.max_batch.max(1)
     }
 
+    /// Where forwards are POSTed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The model forwarded to.
     pub fn model(&self) -> &str {
         &self.options.model
@@ -120,13 +125,15 @@ impl Phase2Client {
         Ok(reply["accepted"].as_u64().unwrap_or(0) as usize)
     }
 
-    /// Sends one batch: `inputs` row `i` belongs to `keys[i]`. Unreachable after every retry is
-    /// [`EdgeError::Unreachable`] (the caller queues); a refusal or an answer that does not
-    /// match the request is [`EdgeError::Phase2`] (queuing would not help).
+    /// Sends one batch: `inputs` row `i` belongs to `keys[i]`. Unreachable after every retry
+    /// (one attempt only for a `probe`) is [`EdgeError::Unreachable`] (the caller queues); a
+    /// refusal or an answer that does not match the request is [`EdgeError::Phase2`] (queuing
+    /// would not help).
     pub fn infer(
         &self,
         keys: &[String],
         inputs: &[(String, Tensor)],
+        probe: bool,
     ) -> Result<Phase2Answer, EdgeError> {
         let mut tensors: Vec<Value> = inputs
             .iter()
@@ -147,9 +154,15 @@ impl Phase2Client {
         }));
         let body = serde_json::to_vec(&json!({ "inputs": tensors }))
             .map_err(|e| EdgeError::Phase2(format!("request could not be encoded: {e}")))?;
-        let answered = self
-            .options
-            .retry
+        let retry = Retry {
+            attempts: if probe {
+                1
+            } else {
+                self.options.retry.attempts
+            },
+            ..self.options.retry.clone()
+        };
+        let answered = retry
             .post(&self.agent, &self.url, &[], &body)
             .map_err(|e| match e {
                 PostError::Refused { .. } => EdgeError::Phase2(format!("refused the forward: {e}")),

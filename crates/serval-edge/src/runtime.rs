@@ -1,8 +1,11 @@
 //! The edge runtime: phase 1 in-process, the cascade policy, phase 2 when needed, the offline
 //! queue when phase 2 is out of reach.
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use serval_client::PostError;
 use serval_core::cascade::{CascadePolicy, ForwardReason, Verdict};
 use serval_core::instances::{decode_for, predict_instances};
 use serval_core::{Model, ModelConfig};
@@ -53,6 +56,8 @@ pub struct EdgeStats {
     pub forwarded: u64,
     /// Answered by phase 2 (live or replayed).
     pub phase2_answered: u64,
+    /// Requests sent to phase 2 (each with its retries).
+    pub phase2_requests: u64,
     /// Put in the offline queue.
     pub queued: u64,
     /// Answered by phase 2 from the queue.
@@ -102,6 +107,20 @@ impl Forward {
     }
 }
 
+/// Phase 2 found out of reach: no request goes out until `until`, then one probe (a single
+/// attempt); each failed probe doubles the wait, up to [`MAX_OUTAGE_PROBE`]. A device offline
+/// for hours so costs one connection attempt per interval, not a retry cycle per batch.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    until: Instant,
+    interval: Duration,
+}
+
+/// The default wait before the first probe of an unreachable phase 2.
+pub const FIRST_OUTAGE_PROBE: Duration = Duration::from_secs(1);
+/// The longest wait between probes.
+const MAX_OUTAGE_PROBE: Duration = Duration::from_secs(30);
+
 /// Phase 1 on the device, with the policy and, when configured, phase 2 and the queue.
 pub struct EdgeRuntime {
     phase1: Model,
@@ -110,6 +129,8 @@ pub struct EdgeRuntime {
     phase2: Option<Phase2Client>,
     queue: Option<OfflineQueue>,
     report: Option<ReportOptions>,
+    outage: Option<Outage>,
+    first_probe: Duration,
     stats: EdgeStats,
 }
 
@@ -146,8 +167,17 @@ impl EdgeRuntime {
             phase2,
             queue,
             report: None,
+            outage: None,
+            first_probe: FIRST_OUTAGE_PROBE,
             stats: EdgeStats::default(),
         })
+    }
+
+    /// Waits `first` after phase 2 is found unreachable before probing it again (doubling up
+    /// to 30 s while it stays down); zero probes on every batch.
+    pub fn with_outage_probe(mut self, first: Duration) -> EdgeRuntime {
+        self.first_probe = first;
+        self
     }
 
     /// Reports a sample of phase-1 predictions (`source = edge`) to phase 2's server, so the
@@ -214,10 +244,11 @@ impl EdgeRuntime {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         for (row, (instance, verdict)) in instances.into_iter().zip(verdicts).enumerate() {
-            let mut outputs = match serde_json::to_value(predictions.row(row)) {
-                Ok(Value::Object(map)) => map,
-                _ => Map::new(),
-            };
+            // Through text, so float32 outputs keep their shortest form (0.9998355, not the
+            // float64 expansion `to_value` would give them).
+            let mut outputs = serde_json::to_string(&predictions.row(row))
+                .and_then(|text| serde_json::from_str::<Map<String, Value>>(&text))
+                .unwrap_or_default();
             let key = match outputs.remove(key_name) {
                 Some(Value::String(key)) => key,
                 _ => String::new(),
@@ -271,6 +302,10 @@ impl EdgeRuntime {
             return;
         };
         if predictions.is_empty() {
+            return;
+        }
+        if self.outage.is_some() {
+            self.stats.reports_failed += predictions.len() as u64;
             return;
         }
         let count = predictions.len() as u64;
@@ -348,10 +383,7 @@ impl EdgeRuntime {
                             answers[*at] = answer;
                         }
                     }
-                    Err(EdgeError::Unreachable(e)) => {
-                        tracing::warn!(error = %e, "phase 2 unreachable: queuing forwards");
-                        break;
-                    }
+                    Err(EdgeError::Unreachable(_)) => break,
                     Err(EdgeError::Phase2(why)) => {
                         for (at, _) in batch {
                             answers[*at].error = Some(why.clone());
@@ -482,7 +514,41 @@ impl EdgeRuntime {
         let decoded =
             decode_for(&self.phase1, signature, &instances).map_err(serval_core::Error::from)?;
         let keys: Vec<String> = forwards.iter().map(|f| f.key.clone()).collect();
-        let phase2 = client.infer(&keys, &decoded.inputs)?;
+        let now = Instant::now();
+        let probe = match self.outage {
+            Some(outage) if now < outage.until => {
+                return Err(EdgeError::Unreachable(PostError::Unreachable {
+                    url: client.url().to_owned(),
+                    last: "it was unreachable moments ago; not tried again yet".into(),
+                    attempts: 0,
+                }));
+            }
+            Some(_) => true,
+            None => false,
+        };
+        self.stats.phase2_requests += 1;
+        let phase2 = match client.infer(&keys, &decoded.inputs, probe) {
+            Ok(answer) => {
+                if self.outage.take().is_some() {
+                    tracing::info!("phase 2 answers again");
+                }
+                answer
+            }
+            Err(e @ EdgeError::Unreachable(_)) => {
+                if self.outage.is_none() {
+                    tracing::warn!(error = %e, "phase 2 unreachable: forwards wait in the queue");
+                }
+                let interval = self.outage.map_or(self.first_probe, |o| {
+                    (o.interval * 2).min(MAX_OUTAGE_PROBE.max(self.first_probe))
+                });
+                self.outage = Some(Outage {
+                    until: Instant::now() + interval,
+                    interval,
+                });
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.stats.phase2_answered += forwards.len() as u64;
         Ok(forwards
             .iter()

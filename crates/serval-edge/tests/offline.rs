@@ -82,3 +82,25 @@ fn forwards_wait_in_the_queue_across_restarts_and_local_answers_stand() {
 fn uuid_v7(text: &str) -> bool {
     text.len() == 36 && text.as_bytes()[14] == b'7'
 }
+
+#[test]
+fn an_unreachable_phase_2_is_probed_again_only_after_the_outage_wait() {
+    let batch = instances(40);
+    for (wait, requests) in [
+        (std::time::Duration::from_secs(3600), 1),
+        (std::time::Duration::ZERO, 2),
+    ] {
+        let queue = tempfile::tempdir().unwrap();
+        let every_class = "[forward]\nclasses = [\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"not_digit\"]\n";
+        let mut edge = runtime(queue.path(), every_class).with_outage_probe(wait);
+        collect(&mut edge, &batch[..20]);
+        assert_eq!(edge.stats().phase2_requests, 1);
+        collect(&mut edge, &batch[20..]);
+        assert_eq!(edge.stats().phase2_requests, requests, "waiting {wait:?}");
+        assert_eq!(
+            edge.queued(),
+            40,
+            "every forward waits in the queue either way"
+        );
+    }
+}

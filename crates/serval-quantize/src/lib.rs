@@ -3,10 +3,11 @@
 //! `quantize_dynamic`).
 //!
 //! Three modes, each a rewrite of the graph that both ONNX Runtime and tract run:
-//! - [`Mode::WeightsInt8`] (the default): each MatMul/Gemm/Conv weight becomes int8 with one
-//!   symmetric scale per output column or channel, behind a `DequantizeLinear`. The file is
-//!   about 4× smaller; engines fold the dequantization into float weights at load (tract does),
-//!   so accuracy and speed stay those of the float model.
+//! - [`Mode::WeightsInt8`] (the default, for the edge): each MatMul/Gemm/Conv weight becomes
+//!   int8 with one symmetric scale per output column or channel, behind a `DequantizeLinear`.
+//!   The file is about 4× smaller; tract folds the dequantization into float weights at load,
+//!   so accuracy and speed stay those of the float model (ONNX Runtime does not fold it and
+//!   dequantizes on every call).
 //! - [`Mode::DynamicInt8`]: ONNX Runtime's dynamic quantization: MatMul and Gemm run as
 //!   `MatMulInteger` over activations quantized per call (`DynamicQuantizeLinear`, uint8) and
 //!   int8 weights (per column), rescaled to float.
