@@ -673,6 +673,11 @@ impl<'g> Rewrite<'g> {
         values: &[f32],
     ) -> Result<Vec<NodeProto>, String> {
         self.require_opset(11, "DynamicQuantizeLinear")?;
+        let (Some(input), Some(output)) =
+            (node.input.first().cloned(), node.output.first().cloned())
+        else {
+            return Err("the node has no input or no output".into());
+        };
         let [a, b] = dims else {
             return Err(format!("its weight has shape {dims:?}, not a matrix"));
         };
@@ -738,8 +743,6 @@ impl<'g> Rewrite<'g> {
             vec![0],
         ));
         self.replaced.insert(weight.to_owned(), q_name.clone());
-        let input = node.input[0].clone();
-        let output = node.output[0].clone();
         let [aq, ascale, azero, product, float_product, scale, scaled] = [
             "q",
             "scale",
