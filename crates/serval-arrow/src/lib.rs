@@ -385,8 +385,9 @@ pub fn read_input(
     if !allow_nan && spec.data_type.is_float() {
         let values = data.to_f32_vec().unwrap_or_default();
         for (row, chunk) in values.chunks(row_len.max(1)).enumerate() {
-            if let Some(pos) = chunk.iter().position(|v| v.is_nan()) {
-                errors.fail(row, || format!("{} is NaN (the model refuses NaN; set allow_nan = true in its config.toml to accept it)", value_name(columns, &widths, pos)));
+            if let Some(pos) = chunk.iter().position(|v| !v.is_finite()) {
+                let what = serval_core::tensor::non_finite_name(f64::from(chunk[pos]));
+                errors.fail(row, || format!("{} is {what} (the model refuses non-finite values; set allow_nan = true in its config.toml to accept them)", value_name(columns, &widths, pos)));
             }
         }
     }

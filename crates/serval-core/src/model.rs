@@ -529,11 +529,12 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor, allow_nan: bool) -> Result<(
             spec.shape_i64()
         )));
     }
-    if !allow_nan && let Some(ix) = tensor.data().first_nan() {
+    if !allow_nan && let Some((ix, value)) = tensor.data().first_non_finite() {
         let row = ix / tensor.row_len().max(1);
         return Err(InputError::new(format!(
-            "input '{}' contains NaN (instance {row}); set allow_nan = true in config.toml to accept it",
-            spec.name
+            "input '{}' contains {} (instance {row}); set allow_nan = true in config.toml to accept non-finite values",
+            spec.name,
+            crate::tensor::non_finite_name(value)
         )));
     }
     Ok(())

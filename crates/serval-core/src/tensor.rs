@@ -241,12 +241,22 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// Index of the first NaN, if any (always `None` for non-float types).
-    pub fn first_nan(&self) -> Option<usize> {
+    /// Index and value of the first NaN or infinity, if any (always `None` for non-float
+    /// types).
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        fn find<T: Copy + Into<f64>>(v: &[T]) -> Option<(usize, f64)> {
+            v.iter()
+                .map(|x| (*x).into())
+                .enumerate()
+                .find(|(_, x): &(usize, f64)| !x.is_finite())
+        }
         match self {
-            TensorData::Fp16(v) => v.iter().position(|x| x.is_nan()),
-            TensorData::Fp32(v) => v.iter().position(|x| x.is_nan()),
-            TensorData::Fp64(v) => v.iter().position(|x| x.is_nan()),
+            TensorData::Fp16(v) => v
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| (i, f64::from(v[i]))),
+            TensorData::Fp32(v) => find(v),
+            TensorData::Fp64(v) => find(v),
             _ => None,
         }
     }
@@ -409,6 +419,18 @@ macro_rules! impl_from_vec {
 impl_from_vec!(bool => Bool, u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64,
     i8 => Int8, i16 => Int16, i32 => Int32, i64 => Int64, f16 => Fp16, f32 => Fp32, f64 => Fp64,
     String => Bytes);
+
+/// How a refused non-finite input value is named: `NaN`, or an infinity, which a number beyond
+/// the input type's range (1e39 for float32) also becomes.
+pub fn non_finite_name(value: f64) -> &'static str {
+    if value.is_nan() {
+        "NaN"
+    } else if value > 0.0 {
+        "Infinity (or a number beyond the input type's range)"
+    } else {
+        "-Infinity (or a number beyond the input type's range)"
+    }
+}
 
 #[cfg(test)]
 mod tests {

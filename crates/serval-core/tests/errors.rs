@@ -181,6 +181,24 @@ fn wrong_dtype() {
 }
 
 #[test]
+fn infinities_and_float32_overflow_are_refused_like_nan() {
+    for (value, needle) in [
+        (json!("Infinity"), "Infinity"),
+        (json!("-Infinity"), "-Infinity"),
+        (json!(1e39), "beyond the input type's range"),
+    ] {
+        invalid_instances(
+            &[json!({"features": [5.8, value, 5.1, 2.4]})],
+            &["input 'features'", needle, "instance 0", "allow_nan"],
+        );
+    }
+    invalid_tensors(
+        vec![("features", fp32(vec![1, 4], vec![1.0, f32::INFINITY, 1.0, 1.0]))],
+        &["Infinity", "allow_nan"],
+    );
+}
+
+#[test]
 fn nan_is_refused_unless_allowed() {
     let nan_row = json!({"features": [5.8, "NaN", 5.1, 2.4]});
     invalid_instances(
