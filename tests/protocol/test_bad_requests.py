@@ -110,6 +110,9 @@ V2_CASES = [
     ("unknown-dtype", _v2_json(_tensor(datatype="FP99", data=[1, 2, 3, 4])), {}, "", 400, ["features", "FP99"]),
     ("wrong-value-type", _v2_json(_tensor(data=[1, 2, 3, "x"])), {}, "", 400, ["features", "FP32", "string"]),
     ("nan-refused", _v2_json(_tensor(data=[1, 2, 3, "NaN"])), {}, "", 400, ["features", "NaN"]),
+    ("infinity-refused", _v2_json(_tensor(data=[1, 2, 3, "Infinity"])), {}, "", 400, ["features", "Infinity"]),
+    ("float32-overflow-refused", _v2_json(_tensor(data=[1, 2, 3, 1e39])), {}, "", 400,
+     ["features", "beyond the input type's range"]),
     ("unknown-input", _v2_json(GOOD, _tensor(name="bogus", data=[1, 2, 3, 4])), {}, "", 400, ["bogus"]),
     ("missing-input", _v2_json(), {}, "", 400, ["missing input", "features"]),
     ("duplicate-input", _v2_json(GOOD, GOOD), {}, "", 400, ["features", "twice"]),
@@ -254,6 +257,8 @@ TF_CASES = [
     ("wrong-dtype", {"instances": [{"features": ["a", 1, 2, 3]}]}, "", 400, ["features", "FP32", "string"]),
     ("number-out-of-range", b'{"instances": [[1, 2, 3, 1e400]]}', "", 400, ["malformed JSON", "out of range"]),
     ("nan-refused", {"instances": [[1, 2, 3, "NaN"]]}, "", 400, ["features", "NaN"]),
+    ("infinity-refused", {"instances": [[1, 2, 3, "-Infinity"]]}, "", 400, ["features", "-Infinity"]),
+    ("float32-overflow-refused", {"instances": [[1, 2, 3, 1e39]]}, "", 400, ["features", "beyond"]),
     ("unknown-input", {"instances": [{"features": ROW, "bogus": 1}]}, "", 400, ["bogus"]),
     ("missing-input", {"instances": [{"key": "a"}]}, "", 400, ["missing input", "features"]),
     ("missing-input-second-row", {"instances": [{"features": ROW}, {"key": "b"}]}, "", 400, ["instance 1", "features"]),
@@ -333,6 +338,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 GRPC_CASES = [
     ("wrong-shape", lambda: _grpc_request(_x()[:, :3]), INVALID, ["features", "shape"]),
+    ("infinity", lambda: _grpc_request(np.array([[1, 2, np.inf, 4]], dtype=np.float32)), INVALID,
+     ["features", "Infinity", "allow_nan"]),
     ("wrong-dtype", lambda: _grpc_request(_x().astype(np.int64), datatype="INT64"), INVALID, ["features", "FP32"]),
     ("unknown-dtype", lambda: _grpc_request(_x(), datatype="FP99"), INVALID, ["features", "FP99"]),
     ("unknown-input", _unknown_input, INVALID, ["bogus"]),
