@@ -110,6 +110,10 @@ V2_CASES = [
     ("unknown-dtype", _v2_json(_tensor(datatype="FP99", data=[1, 2, 3, 4])), {}, "", 400, ["features", "FP99"]),
     ("wrong-value-type", _v2_json(_tensor(data=[1, 2, 3, "x"])), {}, "", 400, ["features", "FP32", "string"]),
     ("nan-refused", _v2_json(_tensor(data=[1, 2, 3, "NaN"])), {}, "", 400, ["features", "NaN"]),
+    ("zero-timeout-header", _v2_json(_tensor(data=[1, 2, 3, 4])), {"serval-timeout-ms": "0"}, "", 400,
+     ["serval-timeout-ms", "at least 1"]),
+    ("negative-timeout-parameter", _v2_json(_tensor(data=[1, 2, 3, 4]), parameters={"timeout": -5}), {}, "", 400,
+     ["timeout", "non-negative"]),
     ("infinity-refused", _v2_json(_tensor(data=[1, 2, 3, "Infinity"])), {}, "", 400, ["features", "Infinity"]),
     ("float32-overflow-refused", _v2_json(_tensor(data=[1, 2, 3, 1e39])), {}, "", 400,
      ["features", "beyond the input type's range"]),
@@ -296,6 +300,20 @@ def _grpc_request(x, model=MODEL, version="", raw=None, shape=None, datatype="FP
     return req
 
 
+def _with_parameter(req, name, **choice):
+    for field, value in choice.items():
+        setattr(req.parameters[name], field, value)
+    return req
+
+
+def test_a_zero_timeout_parameter_sets_none_as_in_triton(http, server, grpc_stub):
+    body = _v2_json(_tensor(data=[5.1, 3.5, 1.4, 0.2]), parameters={"timeout": 0})
+    r = http.post(_v2_url(server, ""), data=body, timeout=10)
+    assert r.status_code == 200, r.text
+    response = grpc_stub.ModelInfer(_with_parameter(_grpc_request(_x()), "timeout", int64_param=0), timeout=10)
+    assert response.outputs
+
+
 def _with_key(req, *keys: bytes, shape=None):
     req.inputs.add(name="key", datatype="BYTES", shape=[len(keys)] if shape is None else shape)
     req.raw_input_contents.append(_bytes_tensor(*keys))
@@ -340,6 +358,8 @@ GRPC_CASES = [
     ("wrong-shape", lambda: _grpc_request(_x()[:, :3]), INVALID, ["features", "shape"]),
     ("infinity", lambda: _grpc_request(np.array([[1, 2, np.inf, 4]], dtype=np.float32)), INVALID,
      ["features", "Infinity", "allow_nan"]),
+    ("negative-timeout", lambda: _with_parameter(_grpc_request(_x()), "timeout", int64_param=-5), INVALID,
+     ["timeout", "non-negative"]),
     ("wrong-dtype", lambda: _grpc_request(_x().astype(np.int64), datatype="INT64"), INVALID, ["features", "FP32"]),
     ("unknown-dtype", lambda: _grpc_request(_x(), datatype="FP99"), INVALID, ["features", "FP99"]),
     ("unknown-input", _unknown_input, INVALID, ["bogus"]),

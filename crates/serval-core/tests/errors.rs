@@ -193,7 +193,10 @@ fn infinities_and_float32_overflow_are_refused_like_nan() {
         );
     }
     invalid_tensors(
-        vec![("features", fp32(vec![1, 4], vec![1.0, f32::INFINITY, 1.0, 1.0]))],
+        vec![(
+            "features",
+            fp32(vec![1, 4], vec![1.0, f32::INFINITY, 1.0, 1.0]),
+        )],
         &["Infinity", "allow_nan"],
     );
 }

@@ -135,10 +135,10 @@ impl GrpcInferenceService for InferenceService {
             timeout: match parameter("timeout") {
                 // Triton's schedule-policy extension: microseconds.
                 Some(infer_parameter::ParameterChoice::Int64Param(us)) => {
-                    Some(Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+                    RequestOptions::timeout_parameter(i128::from(us))?.or(deadline)
                 }
                 Some(infer_parameter::ParameterChoice::Uint64Param(us)) => {
-                    Some(Duration::from_micros(us))
+                    RequestOptions::timeout_parameter(i128::from(us))?.or(deadline)
                 }
                 _ => deadline,
             },

@@ -67,6 +67,20 @@ pub struct RequestOptions {
     pub request_id: Option<String>,
 }
 
+impl RequestOptions {
+    /// The client's deadline from Triton's `timeout` parameter (microseconds): 0 sets none, as
+    /// in Triton, and the server's own applies; a negative one is refused.
+    pub fn timeout_parameter(us: i128) -> Result<Option<Duration>> {
+        match u64::try_from(us) {
+            Ok(0) => Ok(None),
+            Ok(us) => Ok(Some(Duration::from_micros(us))),
+            Err(_) => Err(ServerError::BadRequest(format!(
+                "parameter 'timeout' must be a non-negative number of microseconds, got {us}"
+            ))),
+        }
+    }
+}
+
 /// A request body decoded against the model of the version that will answer it.
 pub struct Decoded {
     /// Signature name (`None`: `serving_default`).

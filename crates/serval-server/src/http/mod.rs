@@ -167,10 +167,11 @@ pub(crate) fn header_timeout(headers: &HeaderMap) -> Result<Option<std::time::Du
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
             .map(|ms| Some(std::time::Duration::from_millis(ms)))
             .ok_or_else(|| {
                 ServerError::BadRequest(format!(
-                    "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+                    "{TIMEOUT_HEADER} must be a whole number of milliseconds, at least 1"
                 ))
             }),
     }

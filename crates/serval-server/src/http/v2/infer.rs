@@ -1,7 +1,6 @@
 //! OIP `infer` over REST, JSON or with Triton's binary tensor extension: decodes the request's
 //! tensors and encodes the pipeline's prediction, nothing in between.
 
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -134,12 +133,15 @@ pub(super) async fn infer(
             let options = RequestOptions {
                 timeout: match request.parameters.get("timeout") {
                     // Triton's schedule-policy extension: the timeout parameter is in microseconds.
-                    Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
-                        ServerError::BadRequest(
-                            "parameter 'timeout' must be a non-negative integer (microseconds)"
-                                .into(),
-                        )
-                    })?)),
+                    Some(v) => RequestOptions::timeout_parameter(
+                        v.as_i64().map(i128::from).ok_or_else(|| {
+                            ServerError::BadRequest(
+                                "parameter 'timeout' must be a non-negative integer (microseconds)"
+                                    .into(),
+                            )
+                        })?,
+                    )?
+                    .or(header_timeout(&headers)?),
                     None => header_timeout(&headers)?,
                 },
                 outputs: request
