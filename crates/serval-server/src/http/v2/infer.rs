@@ -1,7 +1,6 @@
 //! OIP `infer` over REST, JSON or with Triton's binary tensor extension: decodes the request's
 //! tensors and encodes the pipeline's prediction, nothing in between.
 
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
