@@ -110,18 +110,7 @@ impl Phase2Client {
         };
         let body = serde_json::to_vec(&json!({"signature": signature, "predictions": predictions}))
             .map_err(|e| EdgeError::Phase2(format!("report could not be encoded: {e}")))?;
-        let once = Retry {
-            attempts: 1,
-            ..self.options.retry.clone()
-        };
-        let answered = once
-            .post(&self.agent, &url, &[], &body)
-            .map_err(|e| match e {
-                PostError::Refused { .. } => EdgeError::Phase2(format!("refused the report: {e}")),
-                PostError::Unreachable { .. } => EdgeError::Unreachable(e),
-            })?;
-        let reply: Value = serde_json::from_slice(&answered.body)
-            .map_err(|e| EdgeError::Phase2(format!("answered the report with non-JSON: {e}")))?;
+        let reply = self.post(&url, &body, 1, "report")?;
         Ok(reply["accepted"].as_u64().unwrap_or(0) as usize)
     }
 
@@ -154,23 +143,33 @@ impl Phase2Client {
         }));
         let body = serde_json::to_vec(&json!({ "inputs": tensors }))
             .map_err(|e| EdgeError::Phase2(format!("request could not be encoded: {e}")))?;
+        let attempts = if probe {
+            1
+        } else {
+            self.options.retry.attempts
+        };
+        let reply = self.post(&self.url, &body, attempts, "forward")?;
+        self.split(keys, &reply)
+    }
+
+    /// POSTs `body` to `url` in up to `attempts`; its JSON answer. A refusal is
+    /// [`EdgeError::Phase2`] (naming `what` was refused), no answer [`EdgeError::Unreachable`].
+    fn post(&self, url: &str, body: &[u8], attempts: u32, what: &str) -> Result<Value, EdgeError> {
         let retry = Retry {
-            attempts: if probe {
-                1
-            } else {
-                self.options.retry.attempts
-            },
+            attempts,
             ..self.options.retry.clone()
         };
         let answered = retry
-            .post(&self.agent, &self.url, &[], &body)
+            .post(&self.agent, url, &[], body)
             .map_err(|e| match e {
-                PostError::Refused { .. } => EdgeError::Phase2(format!("refused the forward: {e}")),
+                PostError::Refused { .. } => EdgeError::Phase2(format!("refused the {what}: {e}")),
                 PostError::Unreachable { .. } => EdgeError::Unreachable(e),
             })?;
-        let reply: Value = serde_json::from_slice(&answered.body)
-            .map_err(|e| EdgeError::Phase2(format!("answered something that is not JSON: {e}")))?;
-        self.split(keys, &reply)
+        serde_json::from_slice(&answered.body).map_err(|e| {
+            EdgeError::Phase2(format!(
+                "answered the {what} with something that is not JSON: {e}"
+            ))
+        })
     }
 
     /// Splits a v2 response into per-instance output objects, checking the keys came back in
