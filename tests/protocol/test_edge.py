@@ -696,55 +696,33 @@ def test_a_damaged_segment_tail_costs_only_the_last_record(tmp_path, phase2_repo
 # 6. A full queue
 # ---------------------------------------------------------------------------------------------
 
-def test_a_full_queue_refuses_further_forwards_with_an_error(tmp_path, phase2_repo, digits):
-    url, port = dead_url()
-    queue = tmp_path / "queue"
-    rows = list(range(6))
-    data = write_lines(tmp_path / "d.jsonl", [digits.lines[r] for r in rows])
-    run = edge("--policy", write_policy(tmp_path, FORWARD_ALL), "--input", data, "--queue", queue,
-               "--queue-max-records", "3", "--batch-size", "1", "--attempts", "1", *phase2_flags(url)).ok()
-    for answer, row in zip(run.answers, rows):
-        assert_provisional(answer, digits, row, "class", queued=row < 3)
-        if row >= 3:
-            assert "offline queue is full" in answer["error"], answer["error"]
-    s = run.summary
-    assert s["queued"] == 3 and s["queue_refused"] == 3 and s["waiting"] == 3, s
-    with phase2_at(phase2_repo, port) as server:
-        assert replayed_keys(replay(queue, server.url), digits) == digits.keys[:3]
-
-
-def test_a_full_queue_with_drop_oldest_keeps_the_newest(tmp_path, phase2_repo, digits):
-    url, port = dead_url()
-    queue = tmp_path / "queue"
-    rows = list(range(6))
-    data = write_lines(tmp_path / "d.jsonl", [digits.lines[r] for r in rows])
-    run = edge("--policy", write_policy(tmp_path, FORWARD_ALL), "--input", data, "--queue", queue,
-               "--queue-max-records", "3", "--when-full", "drop-oldest", "--batch-size", "1", "--attempts", "1",
-               *phase2_flags(url)).ok()
-    for answer, row in zip(run.answers, rows):
-        assert_provisional(answer, digits, row, "class", queued=True)
-    assert run.summary["waiting"] == 3, run.summary
-    with phase2_at(phase2_repo, port) as server:
-        assert replayed_keys(replay(queue, server.url), digits) == digits.keys[3:6]
-
-
 @pytest.mark.parametrize("when_full", ["refuse", "drop-oldest"])
-def test_a_full_queue_bounds_forwards_one_by_one_within_a_batch(tmp_path, phase2_repo, digits, when_full):
-    """The same six forwards in one batch (the default --batch-size): the bound still applies
-    forward by forward, as with one line per batch."""
+@pytest.mark.parametrize("batch_size", [1, 32], ids=["line-by-line", "one-batch"])
+def test_a_full_queue_bounds_forwards_one_by_one(tmp_path, phase2_repo, digits, when_full, batch_size):
+    """Six forwards into a queue of three, line by line or in one batch: refuse keeps the first
+    three, drop-oldest the newest three. Line by line, drop-oldest's answers were all queued
+    when written (the oldest are dropped later); in one batch each answer says what became of
+    its forward."""
     url, port = dead_url()
     queue = tmp_path / "queue"
     rows = list(range(6))
     data = write_lines(tmp_path / "d.jsonl", [digits.lines[r] for r in rows])
     run = edge("--policy", write_policy(tmp_path, FORWARD_ALL), "--input", data, "--queue", queue,
-               "--queue-max-records", "3", "--when-full", when_full, "--attempts", "1", *phase2_flags(url)).ok()
+               "--queue-max-records", "3", "--when-full", when_full, "--batch-size", batch_size,
+               "--attempts", "1", *phase2_flags(url)).ok()
     kept = digits.keys[:3] if when_full == "refuse" else digits.keys[3:6]
     for answer, row in zip(run.answers, rows):
-        # Within one batch the answers can say exactly what became of each forward: refuse
-        # queues the first three; drop-oldest the newest three (the others are never queued).
-        queued = row < 3 if when_full == "refuse" else row >= 3
+        if when_full == "refuse":
+            queued = row < 3
+        else:
+            queued = batch_size == 1 or row >= 3
         assert_provisional(answer, digits, row, "class", queued=queued)
-    assert run.summary["waiting"] == 3, run.summary
+        if not queued:
+            assert "offline queue is full" in answer["error"], answer["error"]
+    s = run.summary
+    assert s["queued"] + s["queue_refused"] == 6 and s["waiting"] == 3, s
+    if when_full == "refuse":
+        assert s["queued"] == 3 and s["queue_refused"] == 3, s
     with phase2_at(phase2_repo, port) as server:
         assert replayed_keys(replay(queue, server.url), digits) == kept
 

@@ -31,6 +31,9 @@ pub enum EdgeError {
     /// Another live process owns the queue directory.
     #[error("offline queue {0} is in use by another serval edge process")]
     QueueInUse(PathBuf),
+    /// An answer or a queue record could not be encoded as JSON (a bug: tensors always encode).
+    #[error("cannot encode as JSON: {0}")]
+    Encode(String),
     /// The queue was closed.
     #[error("the offline queue is closed")]
     Closed,
@@ -47,6 +50,7 @@ impl EdgeError {
             EdgeError::Wal(_) => "queue_io",
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::QueueInUse(_) => "queue_in_use",
+            EdgeError::Encode(_) => "encode",
             EdgeError::Closed => "closed",
         }
     }

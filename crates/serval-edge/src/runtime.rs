@@ -126,6 +126,8 @@ pub struct EdgeRuntime {
     phase1: Model,
     policy: CascadePolicy,
     scores: String,
+    /// Phase 1's signature, as the policy names it (resolved once).
+    signature: String,
     phase2: Option<Phase2Client>,
     queue: Option<OfflineQueue>,
     report: Option<ReportOptions>,
@@ -160,10 +162,12 @@ impl EdgeRuntime {
     ) -> Result<EdgeRuntime, EdgeError> {
         policy.check().map_err(EdgeError::Config)?;
         let scores = policy.scores_output(&phase1).map_err(EdgeError::Config)?;
+        let signature = phase1.signature(policy.signature.as_deref())?.name.clone();
         Ok(EdgeRuntime {
             phase1,
             policy,
             scores,
+            signature,
             phase2,
             queue,
             report: None,
@@ -224,8 +228,7 @@ impl EdgeRuntime {
     /// Phase 1 on `instances`, then phase 2 or the queue for the forwarded ones.
     fn judge_and_forward(&mut self, instances: &[Value]) -> Result<Vec<Answer>, EdgeError> {
         let instances = self.keyed(instances)?;
-        let signature = self.policy.signature.as_deref();
-        let predictions = predict_instances(&self.phase1, signature, &instances)?;
+        let predictions = predict_instances(&self.phase1, Some(&self.signature), &instances)?;
         let scores = predictions
             .outputs
             .iter()
@@ -248,11 +251,10 @@ impl EdgeRuntime {
             // float64 expansion `to_value` would give them).
             let mut outputs = serde_json::to_string(&predictions.row(row))
                 .and_then(|text| serde_json::from_str::<Map<String, Value>>(&text))
-                .unwrap_or_default();
-            let key = match outputs.remove(key_name) {
-                Some(Value::String(key)) => key,
-                _ => String::new(),
-            };
+                .map_err(|e| EdgeError::Encode(e.to_string()))?;
+            outputs.remove(key_name);
+            // `keyed` gave every instance a key.
+            let key = predictions.keys[row].clone().unwrap_or_default();
             self.stats.instances += 1;
             if let Some(report) = &self.report
                 && serval_core::instances::sampled(Some(&key), "", 0, report.sample_rate)
@@ -309,18 +311,13 @@ impl EdgeRuntime {
             return;
         }
         let count = predictions.len() as u64;
-        let signature = self
-            .phase1
-            .signature(self.policy.signature.as_deref())
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
         match client.report(
             &report.model,
             report.version.as_deref(),
-            &signature,
+            &self.signature,
             predictions,
         ) {
-            Ok(_) => self.stats.reported += count,
+            Ok(accepted) => self.stats.reported += accepted as u64,
             Err(e) => {
                 if self.stats.reports_failed == 0 {
                     tracing::warn!(error = %e, "phase-1 predictions could not be reported (counted, not retried)");
@@ -333,7 +330,7 @@ impl EdgeRuntime {
     /// Gives every instance a key (minting UUIDv7s), as an object holding it.
     fn keyed(&self, instances: &[Value]) -> Result<Vec<Value>, EdgeError> {
         let key_name = &self.phase1.config().key;
-        let signature = self.phase1.signature(self.policy.signature.as_deref())?;
+        let signature = self.phase1.signature(Some(&self.signature))?;
         instances
             .iter()
             .map(|instance| {
@@ -409,7 +406,7 @@ impl EdgeRuntime {
         };
         let payloads = pending
             .iter()
-            .map(|(_, f)| serde_json::to_vec(f).map_err(|e| EdgeError::Config(e.to_string())))
+            .map(|(_, f)| serde_json::to_vec(f).map_err(|e| EdgeError::Encode(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let dropped_before = queue.dropped();
         let queued = match queue.push(&payloads) {
@@ -509,7 +506,7 @@ impl EdgeRuntime {
         let Some(client) = &self.phase2 else {
             return Err(EdgeError::Config("no phase 2 is configured".into()));
         };
-        let signature = self.phase1.signature(self.policy.signature.as_deref())?;
+        let signature = self.phase1.signature(Some(&self.signature))?;
         let instances: Vec<Value> = forwards.iter().map(|f| f.instance.clone()).collect();
         let decoded =
             decode_for(&self.phase1, signature, &instances).map_err(serval_core::Error::from)?;

@@ -582,28 +582,44 @@ impl<'g> Rewrite<'g> {
         dims: &[i64],
         values: &[f32],
     ) -> Vec<NodeProto> {
-        let cast = match self.replaced.get(weight) {
+        self.rewire(node, at, weight, |this| {
+            let stored = this.unique(weight, "fp16");
+            let cast = this.unique(weight, "fp32");
+            let raw = values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+                .collect();
+            this.graph.initializer.push(tensor(
+                stored.clone(),
+                pb::tensor_proto::DataType::Float16,
+                dims.to_vec(),
+                raw,
+            ));
+            this.prelude.push(node_cast(stored, cast.clone()));
+            cast
+        })
+    }
+
+    /// `node` with its input `at` (the float `weight`) replaced by the weight's rewrite, which
+    /// `make` adds to the graph the first time (and returns the name of); later consumers of
+    /// the same weight share it.
+    fn rewire(
+        &mut self,
+        node: &NodeProto,
+        at: usize,
+        weight: &str,
+        make: impl FnOnce(&mut Self) -> String,
+    ) -> Vec<NodeProto> {
+        let replacement = match self.replaced.get(weight) {
             Some(name) => name.clone(),
             None => {
-                let stored = self.unique(weight, "fp16");
-                let cast = self.unique(weight, "fp32");
-                let raw = values
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
-                    .collect();
-                self.graph.initializer.push(tensor(
-                    stored.clone(),
-                    pb::tensor_proto::DataType::Float16,
-                    dims.to_vec(),
-                    raw,
-                ));
-                self.prelude.push(node_cast(stored, cast.clone()));
-                self.replaced.insert(weight.to_owned(), cast.clone());
-                cast
+                let name = make(self);
+                self.replaced.insert(weight.to_owned(), name.clone());
+                name
             }
         };
         let mut node = node.clone();
-        node.input[at] = cast;
+        node.input[at] = replacement;
         vec![node]
     }
 
@@ -628,39 +644,32 @@ impl<'g> Rewrite<'g> {
             ("Conv", [m, rest @ ..]) if !rest.is_empty() => (*m as usize, elements(rest), false),
             (_, dims) => return Err(format!("its weight has shape {dims:?}, not a matrix")),
         };
-        let dequantized = match self.replaced.get(weight) {
-            Some(name) => name.clone(),
-            None => {
-                // Per-axis scales need opset 13; before it, one scale for the whole tensor.
-                let per_axis = self.options.per_channel && self.opset >= 13;
-                let (q_name, scale_name) = self.add_int8(
-                    weight,
-                    dims.to_vec(),
-                    values,
-                    (rows, cols, per_column),
-                    per_axis,
-                );
-                let out = self.unique(weight, "dq");
-                // Symmetric: the zero point is 0, DequantizeLinear's default when it is left out.
-                let axis = if per_column { 1 } else { 0 };
-                let attributes = if per_axis {
-                    vec![int_attribute("axis", axis)]
-                } else {
-                    vec![]
-                };
-                self.prelude.push(new_node(
-                    "DequantizeLinear",
-                    vec![q_name, scale_name],
-                    vec![out.clone()],
-                    attributes,
-                ));
-                self.replaced.insert(weight.to_owned(), out.clone());
-                out
-            }
-        };
-        let mut rewritten = node.clone();
-        rewritten.input[at] = dequantized;
-        Ok(vec![rewritten])
+        Ok(self.rewire(node, at, weight, |this| {
+            // Per-axis scales need opset 13; before it, one scale for the whole tensor.
+            let per_axis = this.options.per_channel && this.opset >= 13;
+            let (q_name, scale_name) = this.add_int8(
+                weight,
+                dims.to_vec(),
+                values,
+                (rows, cols, per_column),
+                per_axis,
+            );
+            let out = this.unique(weight, "dq");
+            // Symmetric: the zero point is 0, DequantizeLinear's default when it is left out.
+            let axis = if per_column { 1 } else { 0 };
+            let attributes = if per_axis {
+                vec![int_attribute("axis", axis)]
+            } else {
+                vec![]
+            };
+            this.prelude.push(new_node(
+                "DequantizeLinear",
+                vec![q_name, scale_name],
+                vec![out.clone()],
+                attributes,
+            ));
+            out
+        }))
     }
 
     /// `Y = A·B (+ C)` → `DynamicQuantizeLinear(A)`, `MatMulInteger` with int8 `B`,
