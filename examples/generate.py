@@ -69,6 +69,15 @@ postprocess = [
 DIGITS_PHASE1_CONFIG = """\
 # Phase 1 of a two-phase prediction: a small on-device model. Is it a digit, and which?
 class_labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "not_digit"]
+
+# The cascade (`serval edge`, the browser page /edge): a digit phase 1 is unsure of goes to
+# the large model; what it calls not_digit, or a digit it is sure of, is answered on the device.
+[edge]
+phase2 = "digits_phase2"
+[edge.forward]
+classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+confidence = [0.0, 0.95]
+when = "all"
 """
 
 DIGITS_PHASE2_CONFIG = """\

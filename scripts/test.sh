@@ -89,6 +89,12 @@ install_chromium() {
 }
 run_stage "install chromium" install_chromium || true
 
+# The browser page /edge embeds the edge runtime built for WebAssembly (serval-edge-web's build
+# script). The target comes from rustup; where it cannot be installed, the server is built
+# without the page's engine and the browser tests of tests/protocol/test_edge_page.py say so
+# and are skipped.
+run_stage "wasm32 target" ./scripts/wasm-target.sh || true
+
 run_stage "cargo build" cargo build --workspace --bins || stop "cargo build --workspace --bins"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -96,19 +102,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 run_stage "cargo nextest" cargo nextest run --workspace --no-fail-fast || true
 run_stage "cargo test --doc" cargo test --workspace --doc || true
-
-# The edge runtime must build for the browser (two-phase predictions' phase 1 in WebAssembly).
-# The target comes from rustup; where it cannot be installed the check says so and is skipped.
-check_wasm() {
-    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-        if ! rustup target add wasm32-unknown-unknown; then
-            echo "the wasm32-unknown-unknown target cannot be installed here (rustup target add failed): the WebAssembly build check of serval-edge is skipped"
-            return 0
-        fi
-    fi
-    cargo check -p serval-edge --target wasm32-unknown-unknown
-}
-run_stage "wasm32 serval-edge" check_wasm || true
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 serval_bin="$target_dir/debug/serval"

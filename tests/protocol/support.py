@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -25,6 +26,20 @@ GOLDEN_DIR = ROOT / "examples" / "golden"
 MODELS = sorted(p.name for p in REPO.iterdir() if (p / "1" / "model.onnx").is_file())
 RTOL = 1e-5
 ATOL = 1e-6
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = "chromium is not installed (apt-get install chromium): no browser to load the page in"
+
+
+def chromium(*args: str, timeout: float = 120, budget_ms: int = 15000) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's) with a virtual time budget: the page's fetches and drawing
+    finish before the DOM is dumped or the screenshot taken, with no wall-clock sleep."""
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--enable-logging=stderr", "--v=0", f"--virtual-time-budget={budget_ms}", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
 
 
 def serval_bin() -> Path:

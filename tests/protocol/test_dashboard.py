@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import requests
 
-from support import ROOT, ServalServer
+from support import CHROMIUM, NO_CHROMIUM, ROOT, ServalServer, chromium
 from test_eval import MODEL, eval_json, fresh_log, import_labels
 from test_eval_drift import scenario  # noqa: F401  (the module-scoped fixture)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium): no browser to load the dashboard in"
-)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 RULES = """
 [[monitor.rules]]
@@ -32,16 +28,6 @@ metric = "accuracy"
 below = 0.85
 severity = "critical"
 """
-
-
-def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Headless Chromium with a virtual time budget: the page's fetches and drawing finish
-    before the DOM is dumped or the screenshot taken, with no wall-clock sleep."""
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", *args],
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,8 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy(confidence=(0.0, 0.9))
+# The example phase 1's own policy, its config.toml's [edge] section: unsure digits go to phase 2.
+CONFIG_POLICY = Policy(classes=tuple(DIGITS), confidence=(0.0, 0.95), when="all")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,12 +423,31 @@ def test_decisions_follow_any_and_single_condition_policies(tmp_path, live, digi
         assert reasons == {"confidence"}, reasons
 
 
-def test_without_a_policy_unsure_answers_below_0_9_are_forwarded(live, digits):
+def test_without_a_policy_the_phase1_configs_edge_section_decides_and_names_phase2(live, digits):
     rows = list(range(300))
     data = "".join(digits.lines[r] + "\n" for r in rows)
-    run = edge("--input", "-", *phase2_flags(live.url), stdin=data)
+    # No --policy and no --model: both come from examples/models/digits_phase1/config.toml.
+    run = edge("--input", "-", "--server", live.url, stdin=data)
+    forwarded = check_decisions(run, digits, rows, CONFIG_POLICY)
+    assert forwarded > 0
+
+
+def test_without_a_policy_or_edge_section_unsure_answers_below_0_9_are_forwarded(tmp_path, live, digits):
+    rows = list(range(300))
+    data = "".join(digits.lines[r] + "\n" for r in rows)
+    config = tmp_path / "config.toml"
+    config.write_text(f"class_labels = {json.dumps(CLASSES)}\n", encoding="utf-8")
+    run = edge("--phase1-config", config, "--input", "-", *phase2_flags(live.url), stdin=data)
     forwarded = check_decisions(run, digits, rows, DEFAULT_POLICY)
     assert forwarded > 0
+
+
+def test_a_server_without_a_phase2_model_is_refused_by_name(tmp_path, live):
+    config = tmp_path / "config.toml"
+    config.write_text(f"class_labels = {json.dumps(CLASSES)}\n", encoding="utf-8")
+    run = edge("--phase1-config", config, "--input", DATA, "--server", live.url)
+    assert run.returncode != 0 and run.answers == []
+    assert "--model" in run.stderr and "phase2" in run.stderr, run.stderr
 
 
 def test_lines_without_keys_get_minted_uuid7_keys_phase_2_answers_too(tmp_path, live, digits):
@@ -461,7 +482,7 @@ def test_csv_input_and_an_output_file_give_the_same_answers(tmp_path, live, digi
     assert run.stdout == "", "answers go to --output"
     with out.open(encoding="utf-8") as f:
         run.answers = [json.loads(line) for line in f if line.strip()]
-    check_decisions(run, digits, rows, DEFAULT_POLICY)
+    check_decisions(run, digits, rows, CONFIG_POLICY)
 
 
 def test_a_forward_phase_2_refuses_keeps_the_provisional_answer_with_the_error(tmp_path, live, digits):
@@ -501,7 +522,8 @@ def replay(queue: Path, url: str, *flags: str) -> EdgeRun:
 def test_offline_forwards_are_queued_then_replayed_once_in_order(tmp_path, phase2_repo, digits):
     url, port = dead_url()
     queue = tmp_path / "queue"
-    run = edge("--input", DATA, "--queue", queue, "--attempts", "1", *phase2_flags(url))
+    run = edge("--policy", write_policy(tmp_path, DEFAULT_POLICY.toml()), "--input", DATA, "--queue", queue,
+               "--attempts", "1", *phase2_flags(url))
     assert run.returncode == 0, f"an unreachable phase 2 is not a failure:\n{run.stderr}"
     assert [a["key"] for a in run.answers] == digits.keys
     queued = []

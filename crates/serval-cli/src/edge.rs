@@ -13,8 +13,8 @@ use clap::Args;
 use serval_core::ModelConfig;
 use serval_core::cascade::CascadePolicy;
 use serval_edge::{
-    EdgeRuntime, OfflineQueue, Phase2Client, Phase2Options, QueueOptions, ReportOptions, WhenFull,
-    load_phase1,
+    EdgeRuntime, OfflineQueue, Phase1, Phase2Client, Phase2Options, QueueOptions, ReportOptions,
+    WhenFull, load_phase1,
 };
 
 /// `serval edge` arguments.
@@ -28,15 +28,15 @@ pub struct EdgeArgs {
     #[arg(long)]
     phase1_config: Option<PathBuf>,
     /// The cascade policy (TOML: `[forward] classes = [...]`, `confidence = [low, high]`,
-    /// `when = "any"|"all"`, optional `scores`, `signature`). Default: forward when phase 1's top
-    /// probability is below 0.9.
+    /// `when = "any"|"all"`, optional `scores`, `signature`, `phase2`). Default: the phase-1
+    /// config's `[edge]` section, else forward when phase 1's top probability is below 0.9.
     #[arg(long)]
     policy: Option<PathBuf>,
     /// The server running phase 2 (e.g. http://127.0.0.1:8000). Without it every forward waits
     /// in the queue (or, without a queue, keeps phase 1's provisional answer).
-    #[arg(long, requires = "model")]
+    #[arg(long)]
     server: Option<String>,
-    /// The phase-2 model's name on the server.
+    /// The phase-2 model's name on the server (default: the policy's `phase2`).
     #[arg(long)]
     model: Option<String>,
     /// The phase-2 version (number or label); the server's default when omitted.
@@ -108,26 +108,30 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read --phase1 {}", args.phase1.display()))?;
     let config = phase1_config(&args)?;
     let name = model_name(&args.phase1);
-    let phase1 = load_phase1(&name, &bytes, config)?;
-    let policy = match &args.policy {
-        Some(path) => {
+    let policy = match (&args.policy, &config.edge) {
+        (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --policy {}", path.display()))?;
             CascadePolicy::from_toml(&text)
                 .map_err(|e| anyhow::anyhow!("--policy {}: {e}", path.display()))?
         }
-        None => CascadePolicy::from_toml(DEFAULT_POLICY).map_err(anyhow::Error::msg)?,
+        (None, Some(edge)) => edge.clone(),
+        (None, None) => CascadePolicy::from_toml(DEFAULT_POLICY).map_err(anyhow::Error::msg)?,
     };
-    let phase2 = match (&args.server, &args.model) {
+    let phase1 = load_phase1(&name, &bytes, config)?;
+    let phase2 = match (&args.server, args.model.as_ref().or(policy.phase2.as_ref())) {
         (Some(server), Some(model)) => {
             let mut options = Phase2Options::new(server.clone(), model.clone());
-            options.version = args.version.clone();
+            options.version = args.version.clone().or(policy.phase2_version.clone());
             options.max_batch = args.forward_batch.max(1);
             options.retry.attempts = args.attempts.max(1);
             options.retry.timeout = Duration::from_millis(args.timeout_ms.max(1));
             Some(Phase2Client::new(options))
         }
-        _ => None,
+        (Some(_), None) => {
+            bail!("--server needs --model (or `phase2` in the policy) naming the phase-2 model")
+        }
+        (None, _) => None,
     };
     let queue = match &args.queue {
         Some(dir) => Some(OfflineQueue::open(
@@ -150,8 +154,8 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
             args.report_sample
         );
     }
-    let mut edge = EdgeRuntime::new(phase1, policy, phase2, queue)
-        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?
+    let phase1 = Phase1::new(phase1, policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let mut edge = EdgeRuntime::new(phase1, phase2, queue)
         .with_outage_probe(Duration::from_millis(args.outage_probe_ms));
     if args.server.is_some() && args.report_sample > 0.0 {
         edge = edge.with_report(ReportOptions {
@@ -176,10 +180,9 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         Ok(())
     };
     if let Some(input) = &args.input {
-        let signature = edge
-            .phase1()
-            .signature(edge.policy().signature.as_deref())?;
-        let key = edge.phase1().config().key.clone();
+        let phase1 = edge.phase1();
+        let signature = phase1.model().signature(Some(phase1.signature()))?;
+        let key = phase1.model().config().key.clone();
         let lines = read_lines(input, args.format, signature, &[key.as_str()])?;
         let mut batch: Vec<Line> = Vec::new();
         for line in lines {

@@ -208,13 +208,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => args.repository.open()?,
     };
+    let mut pages = serval_edge_web::router(repository.clone());
     if let Some(location) = &args.log.dir {
         // The dashboard reads the log this server writes (and whatever else is in it).
-        config.pages = Some(serval_dashboard::router(
+        pages = pages.merge(serval_dashboard::router(
             Arc::new(serval_batch::ModelCatalog::new(repository.clone())),
             serval_log::LogRoot::parse(location)?,
         ));
     }
+    config.pages = Some(pages);
     if args.monitor.every.is_some() {
         let Some(location) = &args.log.dir else {
             anyhow::bail!(

@@ -5,7 +5,8 @@
 //! policy tuned offline behaves the same wherever it runs.
 //!
 //! ```toml
-//! # Forward what phase 1 thinks is a digit, or anything it is unsure of.
+//! # Forward what phase 1 thinks is a digit, or anything it is unsure of, to `digits_phase2`.
+//! phase2 = "digits_phase2"
 //! scores = "probabilities"
 //! [forward]
 //! classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
@@ -22,6 +23,13 @@ use crate::tensor::{Tensor, TensorData};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CascadePolicy {
+    /// The phase-2 model forwarded instances go to, on the server (`serval edge --model` and
+    /// the browser page `/edge` default to it).
+    #[serde(default)]
+    pub phase2: Option<String>,
+    /// Its version, a number or label (the server's default when unset).
+    #[serde(default)]
+    pub phase2_version: Option<String>,
     /// Phase 1's signature (default `serving_default`).
     #[serde(default)]
     pub signature: Option<String>,
@@ -73,7 +81,7 @@ pub enum ForwardReason {
 }
 
 /// Phase 1's view of one instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// The class phase 1 predicts (its label, or its index as text).
     pub class: String,

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cascade::CascadePolicy;
 use crate::error::{Error, Result};
 
 /// File name of the per-model config, beside the version directories.
@@ -58,6 +59,10 @@ pub struct ModelConfig {
     pub logging: LoggingConfig,
     /// How the model's logged predictions are evaluated (`serval eval`).
     pub monitor: MonitorConfig,
+    /// This model as phase 1 of a two-phase prediction, `[edge]`: when it forwards and to
+    /// which model. `serval edge --phase1-config` takes its policy from here, and only a model
+    /// with this section is offered to browsers on `/edge` (its ONNX file downloadable there).
+    pub edge: Option<CascadePolicy>,
 }
 
 impl Default for ModelConfig {
@@ -76,6 +81,7 @@ impl Default for ModelConfig {
             instances: None,
             logging: LoggingConfig::default(),
             monitor: MonitorConfig::default(),
+            edge: None,
         }
     }
 }
@@ -434,6 +440,9 @@ impl ModelConfig {
                 "`versions.canary.percent` must be within 0-100, got {}",
                 canary.percent
             ));
+        }
+        if let Some(edge) = &self.edge {
+            edge.check().map_err(|e| format!("[edge]: {e}"))?;
         }
         if self.instances == Some(0) {
             return Err("`instances` must be at least 1".to_owned());

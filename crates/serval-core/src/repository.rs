@@ -112,7 +112,19 @@ impl ModelRepository {
     /// highest the version policy serves.
     pub fn load(&self, model: &str, version: Option<u64>) -> Result<Model> {
         let config = Arc::new(self.config(model)?);
-        let version = match version.or(config.versions.default) {
+        let version = self.version_or_default(model, version, &config)?;
+        self.load_version(model, version, config)
+    }
+
+    /// `version` when it is on disk, else (for `None`) the config's default version, else the
+    /// highest the version policy serves.
+    pub fn version_or_default(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        config: &ModelConfig,
+    ) -> Result<u64> {
+        match version.or(config.versions.default) {
             Some(v) => {
                 let on_disk = self.versions_on_disk(model)?;
                 if !on_disk.contains(&v) {
@@ -122,14 +134,21 @@ impl ModelRepository {
                         available: format_versions(&on_disk),
                     });
                 }
-                v
+                Ok(v)
             }
-            None => *self
-                .served_versions(model, &config)?
+            None => Ok(*self
+                .served_versions(model, config)?
                 .last()
-                .expect("served_versions is never empty. This is a bug."),
-        };
-        self.load_version(model, version, config)
+                .expect("served_versions is never empty. This is a bug.")),
+        }
+    }
+
+    /// The ONNX file of one version (which need not exist).
+    pub fn model_file(&self, model: &str, version: u64) -> Result<PathBuf> {
+        Ok(self
+            .model_dir(model)?
+            .join(version.to_string())
+            .join(MODEL_FILE))
     }
 
     /// Loads every version the model's policy serves, ascending.

@@ -114,34 +114,22 @@ impl Phase2Client {
         Ok(reply["accepted"].as_u64().unwrap_or(0) as usize)
     }
 
-    /// Sends one batch: `inputs` row `i` belongs to `keys[i]`. Unreachable after every retry
-    /// (one attempt only for a `probe`) is [`EdgeError::Unreachable`] (the caller queues); a
-    /// refusal or an answer that does not match the request is [`EdgeError::Phase2`] (queuing
-    /// would not help).
+    /// The key input's name on the server.
+    pub fn key_name(&self) -> &str {
+        &self.options.key_name
+    }
+
+    /// Sends one batch, `request` as [`infer_request`] builds it for `keys`. Unreachable after
+    /// every retry (one attempt only for a `probe`) is [`EdgeError::Unreachable`] (the caller
+    /// queues); a refusal or an answer that does not match the request is
+    /// [`EdgeError::Phase2`] (queuing would not help).
     pub fn infer(
         &self,
         keys: &[String],
-        inputs: &[(String, Tensor)],
+        request: &Value,
         probe: bool,
     ) -> Result<Phase2Answer, EdgeError> {
-        let mut tensors: Vec<Value> = inputs
-            .iter()
-            .map(|(name, tensor)| {
-                json!({
-                    "name": name,
-                    "datatype": tensor.data_type().as_str(),
-                    "shape": tensor.shape(),
-                    "data": FlatView(tensor),
-                })
-            })
-            .collect();
-        tensors.push(json!({
-            "name": self.options.key_name,
-            "datatype": "BYTES",
-            "shape": [keys.len()],
-            "data": keys,
-        }));
-        let body = serde_json::to_vec(&json!({ "inputs": tensors }))
+        let body = serde_json::to_vec(request)
             .map_err(|e| EdgeError::Phase2(format!("request could not be encoded: {e}")))?;
         let attempts = if probe {
             1
@@ -149,7 +137,7 @@ impl Phase2Client {
             self.options.retry.attempts
         };
         let reply = self.post(&self.url, &body, attempts, "forward")?;
-        self.split(keys, &reply)
+        split_reply(&self.options.key_name, keys, &reply)
     }
 
     /// POSTs `body` to `url` in up to `attempts`; its JSON answer. A refusal is
@@ -171,80 +159,107 @@ impl Phase2Client {
             ))
         })
     }
+}
 
-    /// Splits a v2 response into per-instance output objects, checking the keys came back in
-    /// the order sent.
-    fn split(&self, keys: &[String], reply: &Value) -> Result<Phase2Answer, EdgeError> {
-        let bad = |what: String| EdgeError::Phase2(what);
-        let outputs = reply
-            .get("outputs")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("answered without \"outputs\"".into()))?;
-        let mut rows: Vec<Map<String, Value>> = vec![Map::new(); keys.len()];
-        let mut keys_back = None;
-        for output in outputs {
-            let name = output
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("answered an output without a name".into()))?;
-            let shape: Vec<usize> = output
-                .get("shape")
-                .and_then(Value::as_array)
-                .map(|s| {
-                    s.iter()
-                        .filter_map(Value::as_u64)
-                        .map(|d| d as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let data = output
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad(format!("output '{name}' has no JSON data")))?;
-            if shape.first() != Some(&keys.len()) {
-                return Err(bad(format!(
-                    "output '{name}' has shape {shape:?} for {} instances",
-                    keys.len()
-                )));
-            }
-            let row_len: usize = shape[1..].iter().product();
-            if data.len() != row_len * keys.len() {
-                return Err(bad(format!(
-                    "output '{name}' has {} values for shape {shape:?}",
-                    data.len()
-                )));
-            }
-            if name == self.options.key_name {
-                keys_back = Some(data);
-                continue;
-            }
-            for (row, values) in rows.iter_mut().zip(data.chunks(row_len.max(1))) {
-                row.insert(name.to_owned(), nest(values, &shape[1..]));
-            }
-        }
-        match keys_back {
-            Some(back)
-                if back
-                    .iter()
-                    .map(Value::as_str)
-                    .eq(keys.iter().map(|k| Some(k.as_str()))) => {}
-            Some(_) => return Err(bad("answered other keys than it was sent".into())),
-            None => {
-                return Err(bad(format!(
-                    "answered without the '{}' output (is the server's key setting the same?)",
-                    self.options.key_name
-                )));
-            }
-        }
-        Ok(Phase2Answer {
-            version: reply
-                .get("model_version")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            outputs: rows,
+/// The v2 infer request for `inputs` (row `i` belongs to `keys[i]`), the keys as the
+/// `key_name` BYTES input the server pairs with the outputs.
+pub fn infer_request(key_name: &str, keys: &[String], inputs: &[(String, Tensor)]) -> Value {
+    let mut tensors: Vec<Value> = inputs
+        .iter()
+        .map(|(name, tensor)| {
+            json!({
+                "name": name,
+                "datatype": tensor.data_type().as_str(),
+                "shape": tensor.shape(),
+                "data": FlatView(tensor),
+            })
         })
+        .collect();
+    tensors.push(json!({
+        "name": key_name,
+        "datatype": "BYTES",
+        "shape": [keys.len()],
+        "data": keys,
+    }));
+    json!({ "inputs": tensors })
+}
+
+/// Splits phase 2's v2 response into per-instance output objects, checking the keys came back
+/// (as the `key_name` output) in the order sent.
+pub fn split_reply(
+    key_name: &str,
+    keys: &[String],
+    reply: &Value,
+) -> Result<Phase2Answer, EdgeError> {
+    let bad = |what: String| EdgeError::Phase2(what);
+    let outputs = reply
+        .get("outputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("answered without \"outputs\"".into()))?;
+    let mut rows: Vec<Map<String, Value>> = vec![Map::new(); keys.len()];
+    let mut keys_back = None;
+    for output in outputs {
+        let name = output
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("answered an output without a name".into()))?;
+        let shape: Vec<usize> = output
+            .get("shape")
+            .and_then(Value::as_array)
+            .map(|s| {
+                s.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|d| d as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let data = output
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad(format!("output '{name}' has no JSON data")))?;
+        if shape.first() != Some(&keys.len()) {
+            return Err(bad(format!(
+                "output '{name}' has shape {shape:?} for {} instances",
+                keys.len()
+            )));
+        }
+        let row_len: usize = shape[1..].iter().product();
+        if data.len() != row_len * keys.len() {
+            return Err(bad(format!(
+                "output '{name}' has {} values for shape {shape:?}",
+                data.len()
+            )));
+        }
+        if name == key_name {
+            keys_back = Some(data);
+            continue;
+        }
+        for (row, values) in rows.iter_mut().zip(data.chunks(row_len.max(1))) {
+            row.insert(name.to_owned(), nest(values, &shape[1..]));
+        }
     }
+    match keys_back {
+        Some(back)
+            if back
+                .iter()
+                .map(Value::as_str)
+                .eq(keys.iter().map(|k| Some(k.as_str()))) => {}
+        Some(_) => return Err(bad("answered other keys than it was sent".into())),
+        None => {
+            return Err(bad(format!(
+                "answered without the '{}' output (is the server's key setting the same?)",
+                key_name
+            )));
+        }
+    }
+    Ok(Phase2Answer {
+        version: reply
+            .get("model_version")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        outputs: rows,
+    })
 }
 
 /// Flat row-major values as nested arrays of `dims` (a scalar for no dims).
@@ -273,20 +288,19 @@ mod tests {
 
     #[test]
     fn split_pairs_rows_with_keys_and_refuses_other_keys() {
-        let client = Phase2Client::new(Phase2Options::new("http://127.0.0.1:1", "m"));
         let keys = ["a".to_owned(), "b".to_owned()];
         let reply = json!({"model_version": "2", "outputs": [
             {"name": "label", "datatype": "INT64", "shape": [2], "data": [3, 4]},
             {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [0.1, 0.9, 0.8, 0.2]},
             {"name": "key", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
         ]});
-        let answer = client.split(&keys, &reply).unwrap();
+        let answer = split_reply("key", &keys, &reply).unwrap();
         assert_eq!(answer.version, "2");
         assert_eq!(answer.outputs[1]["label"], json!(4));
         assert_eq!(answer.outputs[0]["probabilities"], json!([0.1, 0.9]));
         let swapped = json!({"outputs": [
             {"name": "key", "datatype": "BYTES", "shape": [2], "data": ["b", "a"]},
         ]});
-        assert!(client.split(&keys, &swapped).is_err());
+        assert!(split_reply("key", &keys, &swapped).is_err());
     }
 }

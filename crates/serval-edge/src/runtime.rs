@@ -107,6 +107,199 @@ impl Forward {
     }
 }
 
+impl From<Judged> for Forward {
+    fn from(judged: Judged) -> Forward {
+        let verdict = judged.answer.phase1;
+        Forward {
+            key: judged.answer.key,
+            instance: judged.instance,
+            class: verdict.class,
+            confidence: verdict.confidence,
+            reason: verdict.forward,
+        }
+    }
+}
+
+impl Answer {
+    /// Phase 2's answer to an instance phase 1 judged as `phase1` and forwarded.
+    pub fn from_phase2(
+        key: String,
+        phase1: Verdict,
+        version: &str,
+        outputs: Map<String, Value>,
+    ) -> Answer {
+        Answer {
+            key,
+            phase: 2,
+            provisional: false,
+            forwarded: phase1.forward,
+            queued: false,
+            replayed: false,
+            phase1,
+            version: Some(version.to_owned()),
+            outputs,
+            error: None,
+        }
+    }
+}
+
+/// One instance as phase 1 judged it.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    /// Phase 1's answer (provisional when the policy forwards it).
+    pub answer: Answer,
+    /// The instance, as an object holding its key (minted when it came without one).
+    pub instance: Value,
+}
+
+/// Phase 1 and its policy: the part of the edge runtime that needs no network, disk or clock,
+/// so the browser build (`serval-edge-wasm`) runs exactly what the native runtime does.
+pub struct Phase1 {
+    model: Model,
+    policy: CascadePolicy,
+    /// The policy's scores output (resolved once).
+    scores: String,
+    /// Phase 1's signature, as the policy names it (resolved once).
+    signature: String,
+}
+
+impl std::fmt::Debug for Phase1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phase1")
+            .field("model", &self.model)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Phase1 {
+    /// Checks `policy` against `model` (its signature, scores output and classes).
+    pub fn new(model: Model, policy: CascadePolicy) -> Result<Phase1, EdgeError> {
+        policy.check().map_err(EdgeError::Config)?;
+        let scores = policy.scores_output(&model).map_err(EdgeError::Config)?;
+        let signature = model.signature(policy.signature.as_deref())?.name.clone();
+        Ok(Phase1 {
+            model,
+            policy,
+            scores,
+            signature,
+        })
+    }
+
+    /// The phase-1 model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The cascade policy.
+    pub fn policy(&self) -> &CascadePolicy {
+        &self.policy
+    }
+
+    /// The signature phase 1 runs.
+    pub fn signature(&self) -> &str {
+        &self.signature
+    }
+
+    /// Runs phase 1 on `instances` (JSON objects, keys optional: UUIDv7s are minted) and
+    /// judges each by the policy, in order. An instance phase 1 cannot take fails the call,
+    /// naming it.
+    pub fn judge(&self, instances: &[Value]) -> Result<Vec<Judged>, EdgeError> {
+        let instances = self.keyed(instances)?;
+        let predictions = predict_instances(&self.model, Some(&self.signature), &instances)?;
+        let scores = predictions
+            .outputs
+            .iter()
+            .find(|(name, _)| *name == self.scores)
+            .map(|(_, t)| t)
+            .ok_or_else(|| EdgeError::Config(format!("phase 1 gave no '{}'", self.scores)))?;
+        let verdicts = self
+            .policy
+            .judge(scores, &self.model.config().class_labels)
+            .map_err(EdgeError::Config)?;
+        let key_name = &predictions.key_name;
+        instances
+            .into_iter()
+            .zip(verdicts)
+            .enumerate()
+            .map(|(row, (instance, verdict))| {
+                // Through text, so float32 outputs keep their shortest form (0.9998355, not
+                // the float64 expansion `to_value` would give them).
+                let mut outputs = serde_json::to_string(&predictions.row(row))
+                    .and_then(|text| serde_json::from_str::<Map<String, Value>>(&text))
+                    .map_err(|e| EdgeError::Encode(e.to_string()))?;
+                outputs.remove(key_name);
+                // `keyed` gave every instance a key.
+                let key = predictions.keys[row].clone().unwrap_or_default();
+                let answer = Answer {
+                    key,
+                    phase: 1,
+                    provisional: verdict.forward.is_some(),
+                    forwarded: verdict.forward,
+                    queued: false,
+                    replayed: false,
+                    phase1: verdict,
+                    version: None,
+                    outputs,
+                    error: None,
+                };
+                Ok(Judged { answer, instance })
+            })
+            .collect()
+    }
+
+    /// The v2 infer request that forwards `instances` (keyed objects, as [`Judged::instance`])
+    /// to phase 2, their `keys` as its `key_name` BYTES input.
+    pub fn phase2_request(
+        &self,
+        key_name: &str,
+        keys: &[String],
+        instances: &[Value],
+    ) -> Result<Value, EdgeError> {
+        let signature = self.model.signature(Some(&self.signature))?;
+        let decoded =
+            decode_for(&self.model, signature, instances).map_err(serval_core::Error::from)?;
+        Ok(crate::phase2::infer_request(
+            key_name,
+            keys,
+            &decoded.inputs,
+        ))
+    }
+
+    /// Gives every instance a key (minting UUIDv7s), as an object holding it.
+    fn keyed(&self, instances: &[Value]) -> Result<Vec<Value>, EdgeError> {
+        let key_name = &self.model.config().key;
+        let signature = self.model.signature(Some(&self.signature))?;
+        instances
+            .iter()
+            .map(|instance| {
+                let mut object = match instance {
+                    Value::Object(map) => map.clone(),
+                    // A bare value is the single input's (as in the server's row format).
+                    other => match signature.inputs.as_slice() {
+                        [only] => Map::from_iter([(only.name.clone(), other.clone())]),
+                        _ => {
+                            return Err(EdgeError::Model(serval_core::Error::from(
+                                serval_core::InputError::new(format!(
+                                    "an instance must be an object naming the inputs {:?}",
+                                    signature.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+                                )),
+                            )));
+                        }
+                    },
+                };
+                if !object.contains_key(key_name) {
+                    object.insert(
+                        key_name.clone(),
+                        Value::String(uuid::Uuid::now_v7().to_string()),
+                    );
+                }
+                Ok(Value::Object(object))
+            })
+            .collect()
+    }
+}
+
 /// Phase 2 found out of reach: no request goes out until `until`, then one probe (a single
 /// attempt); each failed probe doubles the wait, up to [`MAX_OUTAGE_PROBE`]. A device offline
 /// for hours so costs one connection attempt per interval, not a retry cycle per batch.
@@ -123,11 +316,7 @@ const MAX_OUTAGE_PROBE: Duration = Duration::from_secs(30);
 
 /// Phase 1 on the device, with the policy and, when configured, phase 2 and the queue.
 pub struct EdgeRuntime {
-    phase1: Model,
-    policy: CascadePolicy,
-    scores: String,
-    /// Phase 1's signature, as the policy names it (resolved once).
-    signature: String,
+    phase1: Phase1,
     phase2: Option<Phase2Client>,
     queue: Option<OfflineQueue>,
     report: Option<ReportOptions>,
@@ -140,7 +329,6 @@ impl std::fmt::Debug for EdgeRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EdgeRuntime")
             .field("phase1", &self.phase1)
-            .field("policy", &self.policy)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -153,28 +341,22 @@ pub fn load_phase1(name: &str, bytes: &[u8], mut config: ModelConfig) -> Result<
 }
 
 impl EdgeRuntime {
-    /// Checks `policy` against `phase1` (its signature, scores output and classes).
+    /// Phase 1 on the device, forwarding to `phase2` (when given), through `queue` while it
+    /// is out of reach (when given).
     pub fn new(
-        phase1: Model,
-        policy: CascadePolicy,
+        phase1: Phase1,
         phase2: Option<Phase2Client>,
         queue: Option<OfflineQueue>,
-    ) -> Result<EdgeRuntime, EdgeError> {
-        policy.check().map_err(EdgeError::Config)?;
-        let scores = policy.scores_output(&phase1).map_err(EdgeError::Config)?;
-        let signature = phase1.signature(policy.signature.as_deref())?.name.clone();
-        Ok(EdgeRuntime {
+    ) -> EdgeRuntime {
+        EdgeRuntime {
             phase1,
-            policy,
-            scores,
-            signature,
             phase2,
             queue,
             report: None,
             outage: None,
             first_probe: FIRST_OUTAGE_PROBE,
             stats: EdgeStats::default(),
-        })
+        }
     }
 
     /// Waits `first` after phase 2 is found unreachable before probing it again (doubling up
@@ -191,14 +373,9 @@ impl EdgeRuntime {
         self
     }
 
-    /// The phase-1 model.
-    pub fn phase1(&self) -> &Model {
+    /// Phase 1 and its policy.
+    pub fn phase1(&self) -> &Phase1 {
         &self.phase1
-    }
-
-    /// The cascade policy.
-    pub fn policy(&self) -> &CascadePolicy {
-        &self.policy
     }
 
     /// Counts so far.
@@ -227,71 +404,34 @@ impl EdgeRuntime {
 
     /// Phase 1 on `instances`, then phase 2 or the queue for the forwarded ones.
     fn judge_and_forward(&mut self, instances: &[Value]) -> Result<Vec<Answer>, EdgeError> {
-        let instances = self.keyed(instances)?;
-        let predictions = predict_instances(&self.phase1, Some(&self.signature), &instances)?;
-        let scores = predictions
-            .outputs
-            .iter()
-            .find(|(name, _)| *name == self.scores)
-            .map(|(_, t)| t)
-            .ok_or_else(|| EdgeError::Config(format!("phase 1 gave no '{}'", self.scores)))?;
-        let verdicts = self
-            .policy
-            .judge(scores, &self.phase1.config().class_labels)
-            .map_err(EdgeError::Config)?;
-        let key_name = &predictions.key_name;
-        let mut answers = Vec::with_capacity(instances.len());
-        let mut forwards = Vec::new();
-        let mut reports = Vec::new();
+        let judged = self.phase1.judge(instances)?;
+        let key_name = &self.phase1.model().config().key;
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
-        for (row, (instance, verdict)) in instances.into_iter().zip(verdicts).enumerate() {
-            // Through text, so float32 outputs keep their shortest form (0.9998355, not the
-            // float64 expansion `to_value` would give them).
-            let mut outputs = serde_json::to_string(&predictions.row(row))
-                .and_then(|text| serde_json::from_str::<Map<String, Value>>(&text))
-                .map_err(|e| EdgeError::Encode(e.to_string()))?;
-            outputs.remove(key_name);
-            // `keyed` gave every instance a key.
-            let key = predictions.keys[row].clone().unwrap_or_default();
+        let mut answers = Vec::with_capacity(judged.len());
+        let mut forwards = Vec::new();
+        let mut reports = Vec::new();
+        for judged in judged {
             self.stats.instances += 1;
+            let answer = &judged.answer;
             if let Some(report) = &self.report
-                && serval_core::instances::sampled(Some(&key), "", 0, report.sample_rate)
+                && serval_core::instances::sampled(Some(&answer.key), "", 0, report.sample_rate)
             {
-                let mut inputs = instance.as_object().cloned().unwrap_or_default();
+                let mut inputs = judged.instance.as_object().cloned().unwrap_or_default();
                 inputs.remove(key_name);
                 reports.push(serde_json::json!({
-                    "key": key, "timestamp_us": now_us, "inputs": inputs, "outputs": outputs,
+                    "key": answer.key, "timestamp_us": now_us, "inputs": inputs,
+                    "outputs": answer.outputs,
                 }));
             }
-            if verdict.forward.is_some() {
+            answers.push(answer.clone());
+            if answer.forwarded.is_some() {
                 self.stats.forwarded += 1;
-                forwards.push((
-                    answers.len(),
-                    Forward {
-                        key: key.clone(),
-                        instance,
-                        class: verdict.class.clone(),
-                        confidence: verdict.confidence,
-                        reason: verdict.forward,
-                    },
-                ));
+                forwards.push((answers.len() - 1, Forward::from(judged)));
             } else {
                 self.stats.local += 1;
             }
-            answers.push(Answer {
-                key,
-                phase: 1,
-                provisional: verdict.forward.is_some(),
-                forwarded: verdict.forward,
-                queued: false,
-                replayed: false,
-                phase1: verdict,
-                version: None,
-                outputs,
-                error: None,
-            });
         }
         self.forward(forwards, &mut answers)?;
         self.send_report(reports);
@@ -314,7 +454,7 @@ impl EdgeRuntime {
         match client.report(
             &report.model,
             report.version.as_deref(),
-            &self.signature,
+            self.phase1.signature(),
             predictions,
         ) {
             Ok(accepted) => self.stats.reported += accepted as u64,
@@ -325,39 +465,6 @@ impl EdgeRuntime {
                 self.stats.reports_failed += count;
             }
         }
-    }
-
-    /// Gives every instance a key (minting UUIDv7s), as an object holding it.
-    fn keyed(&self, instances: &[Value]) -> Result<Vec<Value>, EdgeError> {
-        let key_name = &self.phase1.config().key;
-        let signature = self.phase1.signature(Some(&self.signature))?;
-        instances
-            .iter()
-            .map(|instance| {
-                let mut object = match instance {
-                    Value::Object(map) => map.clone(),
-                    // A bare value is the single input's (as in the server's row format).
-                    other => match signature.inputs.as_slice() {
-                        [only] => Map::from_iter([(only.name.clone(), other.clone())]),
-                        _ => {
-                            return Err(EdgeError::Model(serval_core::Error::from(
-                                serval_core::InputError::new(format!(
-                                    "an instance must be an object naming the inputs {:?}",
-                                    signature.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
-                                )),
-                            )));
-                        }
-                    },
-                };
-                if !object.contains_key(key_name) {
-                    object.insert(
-                        key_name.clone(),
-                        Value::String(uuid::Uuid::now_v7().to_string()),
-                    );
-                }
-                Ok(Value::Object(object))
-            })
-            .collect()
     }
 
     /// Sends `forwards` to phase 2 behind anything queued, filling in their answers; what
@@ -506,11 +613,11 @@ impl EdgeRuntime {
         let Some(client) = &self.phase2 else {
             return Err(EdgeError::Config("no phase 2 is configured".into()));
         };
-        let signature = self.phase1.signature(Some(&self.signature))?;
         let instances: Vec<Value> = forwards.iter().map(|f| f.instance.clone()).collect();
-        let decoded =
-            decode_for(&self.phase1, signature, &instances).map_err(serval_core::Error::from)?;
         let keys: Vec<String> = forwards.iter().map(|f| f.key.clone()).collect();
+        let request = self
+            .phase1
+            .phase2_request(client.key_name(), &keys, &instances)?;
         let now = Instant::now();
         let probe = match self.outage {
             Some(outage) if now < outage.until => {
@@ -524,7 +631,7 @@ impl EdgeRuntime {
             None => false,
         };
         self.stats.phase2_requests += 1;
-        let phase2 = match client.infer(&keys, &decoded.inputs, probe) {
+        let phase2 = match client.infer(&keys, &request, probe) {
             Ok(answer) => {
                 if self.outage.take().is_some() {
                     tracing::info!("phase 2 answers again");
@@ -550,17 +657,8 @@ impl EdgeRuntime {
         Ok(forwards
             .iter()
             .zip(phase2.outputs)
-            .map(|(f, outputs)| Answer {
-                key: f.key.clone(),
-                phase: 2,
-                provisional: false,
-                forwarded: f.reason,
-                queued: false,
-                replayed: false,
-                phase1: f.verdict(),
-                version: Some(phase2.version.clone()),
-                outputs,
-                error: None,
+            .map(|(f, outputs)| {
+                Answer::from_phase2(f.key.clone(), f.verdict(), &phase2.version, outputs)
             })
             .collect())
     }

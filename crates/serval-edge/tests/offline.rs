@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use serval_core::ModelConfig;
 use serval_core::cascade::CascadePolicy;
 use serval_edge::{
-    Answer, EdgeError, EdgeRuntime, OfflineQueue, Phase2Client, Phase2Options, QueueOptions,
-    load_phase1,
+    Answer, EdgeError, EdgeRuntime, OfflineQueue, Phase1, Phase2Client, Phase2Options,
+    QueueOptions, load_phase1,
 };
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
@@ -20,13 +20,8 @@ fn runtime(queue: &std::path::Path, policy: &str) -> EdgeRuntime {
     let mut options = Phase2Options::new("http://127.0.0.1:9", "digits_phase2");
     options.retry.attempts = 1;
     let queue = OfflineQueue::open(queue, QueueOptions::default()).unwrap();
-    EdgeRuntime::new(
-        phase1,
-        CascadePolicy::from_toml(policy).unwrap(),
-        Some(Phase2Client::new(options)),
-        Some(queue),
-    )
-    .unwrap()
+    let phase1 = Phase1::new(phase1, CascadePolicy::from_toml(policy).unwrap()).unwrap();
+    EdgeRuntime::new(phase1, Some(Phase2Client::new(options)), Some(queue))
 }
 
 fn instances(n: usize) -> Vec<Value> {
