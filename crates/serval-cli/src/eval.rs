@@ -16,18 +16,25 @@ use serval_eval::{
 
 use crate::RepositoryArgs;
 
-/// Arguments of `serval eval watch`.
+/// The log `serval eval` and `serval eval watch` read.
 #[derive(Args)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    repository: RepositoryArgs,
-    /// The prediction log: a directory or object-store URL.
+pub struct PredictionLogArg {
+    /// The prediction log (`serval serve --prediction-log DIR`): a directory or object-store URL.
     #[arg(
         long = "prediction-log",
         value_name = "DIR",
         env = "SERVAL_PREDICTION_LOG"
     )]
     prediction_log: String,
+}
+
+/// Arguments of `serval eval watch`.
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    #[command(flatten)]
+    log: PredictionLogArg,
     #[command(flatten)]
     monitor: MonitorArgs,
     /// Evaluate once and exit (for cron, CI and tests).
@@ -154,7 +161,7 @@ pub fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     let interval = args.monitor.interval()?;
     let mut monitor = args
         .monitor
-        .monitor(args.repository.open()?, &args.prediction_log)?;
+        .monitor(args.repository.open()?, &args.log.prediction_log)?;
     loop {
         let failed = poll_and_report(&mut monitor);
         if args.once {
@@ -175,13 +182,8 @@ pub fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
 pub struct EvalArgs {
     #[command(flatten)]
     repository: RepositoryArgs,
-    /// The prediction log (`serval serve --prediction-log DIR`): a directory or object-store URL.
-    #[arg(
-        long = "prediction-log",
-        value_name = "DIR",
-        env = "SERVAL_PREDICTION_LOG"
-    )]
-    prediction_log: String,
+    #[command(flatten)]
+    log: PredictionLogArg,
     /// The model whose logged predictions are evaluated.
     #[arg(long)]
     model: String,
@@ -337,7 +339,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let catalog = Arc::new(ModelCatalog::new(args.repository.open()?));
-    let root = serval_log::LogRoot::parse(&args.prediction_log)?;
+    let root = serval_log::LogRoot::parse(&args.log.prediction_log)?;
     let reports =
         crate::batch::runtime()?.block_on(serval_eval::evaluate(catalog, &root, &options))?;
     let mut out = std::io::stdout().lock();
