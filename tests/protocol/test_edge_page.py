@@ -100,7 +100,8 @@ def test_only_models_with_an_edge_section_are_offered_and_downloadable(server):
         ("/edge/api/models/no_such_model", 404, "no_such_model"),
         (f"/edge/models/{PHASE1}/versions/7/model.onnx", 404, "version 7"),
         (f"/edge/models/{PHASE1}/versions/x/model.onnx", 400, "'x'"),
-        ("/edge/models/..%2F..%2Fetc/versions/1/model.onnx", 404, ""),
+        # A name that would leave the repository is no model at all.
+        ("/edge/models/..%2F..%2Fetc/versions/1/model.onnx", 404, "is not in the repository"),
     ]:
         r = requests.get(f"{server.url}{url}", timeout=30)
         assert r.status_code == status, (url, r.status_code, r.text)

@@ -152,8 +152,9 @@ async fn models(
             }))
         })
         .collect();
+    let engine = engine_status();
     Ok(Json(serde_json::json!({
-        "engine": { "available": engine_status().is_ok(), "why": engine_status().err() },
+        "engine": { "available": engine.is_ok(), "why": engine.err() },
         "models": models,
     })))
 }
