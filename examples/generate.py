@@ -85,6 +85,15 @@ DIGITS_PHASE2_CONFIG = """\
 class_labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
 """
 
+DIGITS_CASCADE_CONFIG = """\
+# Both phases on the server, served as one model: every instance goes through digits_phase1,
+# and only what its [edge] policy forwards goes on to digits_phase2, batched. Each answer
+# carries its class, the answering phase's confidence and that phase (1 or 2).
+kind = "cascade"
+[cascade]
+phase1 = "digits_phase1"
+"""
+
 IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 BREAST_CANCER_CLASSES = ["malignant", "benign"]
 SCREENING_THRESHOLD = 0.8
@@ -504,6 +513,16 @@ def two_phase_digits():
         f"digits two-phase, {NOT_DIGIT} kept local: forwarded {forward_digits.sum()}/{n} "
         f"({forward_digits.mean():.1%}), end-to-end accuracy {np.mean(answer == y_test):.4f}"
     )
+    # That policy (phase 1's [edge]) run whole on the server: a cascade's version directory
+    # holds no model, only its warm-up, real instances that each phase answers.
+    cascade_version = os.path.join(MODELS_DIR, "digits_cascade", "1")
+    os.makedirs(cascade_version)
+    with open(os.path.join(MODELS_DIR, "digits_cascade", "config.toml"), "w", newline="\n") as f:
+        f.write(DIGITS_CASCADE_CONFIG)
+    warm = [np.flatnonzero(~forward_digits)[0], np.flatnonzero(forward_digits)[0]]
+    with open(os.path.join(cascade_version, "warmup.jsonl"), "w", newline="\n") as f:
+        for i in warm:
+            f.write(json.dumps({INPUT_NAME: to_py(X_test[i])}, allow_nan=False) + "\n")
 
 
 def main():

@@ -82,6 +82,10 @@ pub fn describe(model: &Model) -> serde_json::Value {
         "path": model.path(),
         "backend": model.backend_choice().kind,
         "backend_reason": model.backend_choice().reason,
+        "cascade": model.cascade().map(|c| {
+            let phase = |m: &Model| json!({"model": m.name(), "version": m.version()});
+            json!({"phase1": phase(c.phase1()), "phase2": phase(c.phase2()), "policy": c.policy()})
+        }),
         "key": cfg.key,
         "class_labels": cfg.class_labels,
         "version_labels": cfg.versions.labels,
@@ -123,6 +127,7 @@ fn describe_text(model: &Model) -> anyhow::Result<String> {
         model.version(),
         model
             .path()
+            .or(model.version_dir())
             .map_or_else(|| "in memory".into(), |p| p.display().to_string())
     );
     let _ = writeln!(

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cascade::CascadePolicy;
+use crate::cascade::{CascadeConfig, CascadePolicy};
 use crate::error::{Error, Result};
 
 /// File name of the per-model config, beside the version directories.
@@ -32,6 +32,11 @@ pub const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// What the model is: an ONNX graph in each version directory (`onnx`), or a cascade of two
+    /// models of the repository described by `[cascade]`.
+    pub kind: ModelKind,
+    /// For `kind = "cascade"`: the phase-1 model and the policy that forwards to phase 2.
+    pub cascade: Option<CascadeConfig>,
     /// Which inference engine runs the model.
     pub backend: BackendPreference,
     /// Name of the per-instance key field (never fed to the model).
@@ -68,6 +73,8 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> ModelConfig {
         ModelConfig {
+            kind: ModelKind::Onnx,
+            cascade: None,
             backend: BackendPreference::Auto,
             key: "key".to_owned(),
             mint_keys: true,
@@ -84,6 +91,18 @@ impl Default for ModelConfig {
             edge: None,
         }
     }
+}
+
+/// What a repository model is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// `<version>/model.onnx`.
+    #[default]
+    Onnx,
+    /// Two served models, the second asked only for what the first forwards (Triton's
+    /// ensembles are the nearest kin); a version directory holds at most a `warmup.jsonl`.
+    Cascade,
 }
 
 /// Which engine to use.
@@ -443,6 +462,16 @@ impl ModelConfig {
         }
         if let Some(edge) = &self.edge {
             edge.check().map_err(|e| format!("[edge]: {e}"))?;
+        }
+        match (self.kind, &self.cascade) {
+            (ModelKind::Cascade, None) => {
+                return Err("kind = \"cascade\" needs a [cascade] section naming phase1".into());
+            }
+            (ModelKind::Onnx, Some(_)) => {
+                return Err("[cascade] is only read for kind = \"cascade\"".into());
+            }
+            (_, Some(cascade)) => cascade.check().map_err(|e| format!("[cascade]: {e}"))?,
+            (ModelKind::Onnx, None) => {}
         }
         if self.instances == Some(0) {
             return Err("`instances` must be at least 1".to_owned());

@@ -119,6 +119,23 @@ impl GraphInfo {
         GraphInfo::from_proto(proto)
     }
 
+    /// The declared interface of a model made of other models (a cascade): batched inputs
+    /// and outputs, no graph of its own for an engine to load.
+    pub(crate) fn composite(inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> GraphInfo {
+        GraphInfo {
+            input_dim_names: inputs.iter().map(|s| vec![None; s.shape.len()]).collect(),
+            inputs,
+            outputs,
+            operators: BTreeSet::new(),
+            tract_hazards: Vec::new(),
+            batched: true,
+            map_outputs: BTreeMap::new(),
+            notes: Vec::new(),
+            batch_dim_name: None,
+            proto: pb::ModelProto::default(),
+        }
+    }
+
     fn from_proto(proto: pb::ModelProto) -> Result<GraphInfo, String> {
         let graph = proto.graph.as_ref().ok_or("ONNX file contains no graph")?;
         let initializers: BTreeSet<&str> =

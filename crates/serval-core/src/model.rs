@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, BackendChoice, ModelSource};
+use crate::backend::{self, Backend, BackendChoice, BackendKind, ModelSource};
+use crate::cascade::Cascade;
 use crate::config::ModelConfig;
 use crate::error::{Error, InputError, Result};
 use crate::graph::{GraphInfo, TensorSpec};
@@ -113,14 +114,18 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub struct Model {
     name: String,
     version: u64,
-    /// The ONNX file; `None` for a model loaded from bytes.
+    /// The ONNX file; `None` for a model loaded from bytes, or a cascade.
     path: Option<PathBuf>,
+    /// The version directory (where `warmup.jsonl` is); `None` for a model loaded from bytes.
+    version_dir: Option<PathBuf>,
     config: Arc<ModelConfig>,
     graph: GraphInfo,
     signatures: Vec<Signature>,
     raw_output_names: Vec<String>,
     backend: Arc<dyn Backend>,
     backend_choice: BackendChoice,
+    /// For a cascade: its phases (also its backend).
+    cascade: Option<Arc<Cascade>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -164,6 +169,49 @@ impl Model {
             default_instances,
         )
         .map_err(load_error)
+    }
+
+    /// Builds a cascade version (`kind = "cascade"`) over phases already loaded, and warms it
+    /// up with `<version_dir>/warmup.jsonl` when there is one (generated inputs otherwise).
+    pub(crate) fn load_cascade(
+        name: &str,
+        version: u64,
+        version_dir: &Path,
+        config: Arc<ModelConfig>,
+        cascade: Cascade,
+    ) -> Result<Model> {
+        let load_error = |reason: String| Error::Load {
+            model: Some(name.to_owned()),
+            version: Some(version),
+            path: version_dir.to_owned(),
+            reason,
+        };
+        let graph = GraphInfo::composite(cascade.inputs().to_vec(), Cascade::outputs());
+        let signatures = signature::build_signatures(&graph, &config).map_err(load_error)?;
+        let cascade = Arc::new(cascade);
+        let model = Model {
+            name: name.to_owned(),
+            version,
+            path: None,
+            version_dir: Some(version_dir.to_owned()),
+            raw_output_names: raw_output_names(&graph, &config),
+            config,
+            graph,
+            signatures,
+            backend: cascade.clone(),
+            backend_choice: BackendChoice {
+                kind: BackendKind::Cascade,
+                reason: cascade.describe(),
+            },
+            cascade: Some(cascade),
+        };
+        match warmup::warm_up(&model).map_err(load_error)? {
+            Warmup::Passed => {}
+            Warmup::GeneratedFailed(e) => {
+                tracing::warn!(model = %name, version, reason = %e, "generated warm-up failed; serving the cascade anyway (add a real request to warmup.jsonl)");
+            }
+        }
+        Ok(model)
     }
 
     /// Loads a model from a whole ONNX file in memory (the edge runtime's entry point: no
@@ -214,30 +262,21 @@ impl Model {
         let signatures = signature::build_signatures(&graph, &config)?;
         let candidates = backend::candidates(config.backend, &graph, ort_status)?;
         let instances = config.instances.unwrap_or(default_instances);
-        let raw_output_names = graph
-            .outputs
-            .iter()
-            .map(|o| {
-                config
-                    .outputs
-                    .get(&o.name)
-                    .cloned()
-                    .unwrap_or_else(|| o.name.clone())
-            })
-            .collect();
         let mut model = Model {
             name: name.to_owned(),
             version,
+            version_dir: path.as_deref().and_then(Path::parent).map(Path::to_owned),
             path,
+            raw_output_names: raw_output_names(&graph, &config),
             config,
             graph,
             signatures,
-            raw_output_names,
             backend: Arc::new(NotLoaded),
             backend_choice: candidates
                 .first()
                 .cloned()
                 .ok_or_else(|| "no engine can run this model".to_owned())?,
+            cascade: None,
         };
         // Each engine in turn until one loads and warms up. A generated warm-up that fails on
         // every engine proves nothing, so the first engine that loaded serves anyway.
@@ -290,9 +329,19 @@ impl Model {
         self.version
     }
 
-    /// Path of the ONNX file; `None` for a model loaded from bytes.
+    /// Path of the ONNX file; `None` for a model loaded from bytes, or a cascade.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The version directory; `None` for a model loaded from bytes.
+    pub fn version_dir(&self) -> Option<&Path> {
+        self.version_dir.as_deref()
+    }
+
+    /// The phases, when this version is a cascade.
+    pub fn cascade(&self) -> Option<&Cascade> {
+        self.cascade.as_deref()
     }
 
     /// The model's configuration (defaults filled in).
@@ -486,6 +535,21 @@ impl Model {
         }
         Ok(ordered)
     }
+}
+
+/// The graph's output names as the config renames them, in graph order.
+fn raw_output_names(graph: &GraphInfo, config: &ModelConfig) -> Vec<String> {
+    graph
+        .outputs
+        .iter()
+        .map(|o| {
+            config
+                .outputs
+                .get(&o.name)
+                .cloned()
+                .unwrap_or_else(|| o.name.clone())
+        })
+        .collect()
 }
 
 /// A choice's reason followed by what failed before it.

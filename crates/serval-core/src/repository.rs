@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend;
-use crate::config::ModelConfig;
+use crate::cascade::{Cascade, PhaseSource};
+use crate::config::{ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::model::{MODEL_FILE, Model};
 
@@ -100,7 +101,7 @@ impl ModelRepository {
                 version: None,
                 path: self.root.join(model),
                 reason: format!(
-                    "no version to serve: versions on disk {on_disk:?}, policy {:?} (a version is a numbered directory holding model.onnx)",
+                    "no version to serve: versions on disk {on_disk:?}, policy {:?} (a version is a numbered directory holding model.onnx, or for a cascade at most a warmup.jsonl)",
                     config.versions.policy
                 ),
             });
@@ -161,19 +162,60 @@ impl ModelRepository {
     }
 
     /// Loads one version under an already-read config (callers that compare configs, like the
-    /// server's reconciliation, load exactly what they compared).
+    /// server's reconciliation, load exactly what they compared). A cascade's phases are loaded
+    /// from this repository too.
     pub fn load_version(
         &self,
         model: &str,
         version: u64,
         config: Arc<ModelConfig>,
     ) -> Result<Model> {
+        self.load_version_with(model, version, config, &|name, version| {
+            let config = Arc::new(self.config(name).map_err(|e| e.to_string())?);
+            // Checked before loading: a cascade naming itself (or another cascade) would
+            // otherwise load itself without end.
+            if config.kind == ModelKind::Cascade {
+                return Err(format!(
+                    "'{name}' is itself a cascade: the phases are ONNX models"
+                ));
+            }
+            let version = self
+                .version_by_name(name, version, &config)
+                .map_err(|e| e.to_string())?;
+            self.load_version(name, version, config)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Loads one version under an already-read config; a cascade takes its phases from
+    /// `phases` (the server hands over the versions it serves, so none is loaded twice).
+    pub fn load_version_with(
+        &self,
+        model: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+        phases: &PhaseSource<'_>,
+    ) -> Result<Model> {
+        let dir = self.root.join(model).join(version.to_string());
+        if let Some(cascade) = config
+            .cascade
+            .as_ref()
+            .filter(|_| config.kind == ModelKind::Cascade)
+        {
+            let cascade = Cascade::resolve(cascade, phases).map_err(|reason| Error::Load {
+                model: Some(model.to_owned()),
+                version: Some(version),
+                path: dir.clone(),
+                reason,
+            })?;
+            return Model::load_cascade(model, version, &dir, config, cascade);
+        }
         let ort_status = backend::ort_status(self.options.ort_library.as_deref());
         let default_instances = self
             .options
             .instances
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let dir = self.root.join(model).join(version.to_string());
         Model::load(
             model,
             version,
@@ -182,6 +224,33 @@ impl ModelRepository {
             ort_status.as_ref().map(|_| ()).map_err(String::as_str),
             default_instances,
         )
+    }
+
+    /// The version a name picks: a number, a label of the model's `[versions] labels`, or
+    /// (`None`) its default.
+    pub fn version_by_name(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        config: &ModelConfig,
+    ) -> Result<u64> {
+        let number =
+            match version {
+                None => None,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(number) => Some(number),
+                    Err(_) => Some(*config.versions.labels.get(v).ok_or_else(|| {
+                        Error::VersionNotFound {
+                            model: model.to_owned(),
+                            version: v.to_owned(),
+                            available: format_versions(
+                                &self.versions_on_disk(model).unwrap_or_default(),
+                            ),
+                        }
+                    })?),
+                },
+            };
+        self.version_or_default(model, number, config)
     }
 
     fn model_dir(&self, model: &str) -> Result<PathBuf> {

@@ -356,6 +356,23 @@ impl Tensor {
         Tensor { shape, data }
     }
 
+    /// The given rows, in the given order, as a new tensor.
+    ///
+    /// # Panics
+    /// When a row index is out of range: callers pick rows of this tensor.
+    pub fn take_rows(&self, rows: &[usize]) -> Tensor {
+        let row_len = self.row_len();
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = rows.len();
+        }
+        let data = map_tensor_data!(&self.data, v => rows
+            .iter()
+            .flat_map(|&r| v[r * row_len..(r + 1) * row_len].iter().cloned())
+            .collect());
+        Tensor { shape, data }
+    }
+
     /// Concatenates tensors of the same type and row shape along axis 0.
     pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, InputError> {
         let Some(first) = parts.first() else {
@@ -435,6 +452,14 @@ pub fn non_finite_name(value: f64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_rows_picks_rows_in_the_order_given() {
+        let t = Tensor::new(vec![3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].into()).unwrap();
+        let picked = t.take_rows(&[2, 0]);
+        assert_eq!(picked.shape(), &[2, 2]);
+        assert_eq!(picked.data(), &TensorData::Fp32(vec![5.0, 6.0, 1.0, 2.0]));
+    }
 
     #[test]
     fn concat_then_slice_round_trips_rows() {

@@ -33,7 +33,7 @@ pub(crate) enum Warmup {
 
 /// Runs warm-up on `model`; `Err` means the user's recorded requests failed or cannot be read.
 pub(crate) fn warm_up(model: &Model) -> Result<Warmup, String> {
-    let Some(path) = model.path().map(|p| p.with_file_name(WARMUP_FILE)) else {
+    let Some(path) = model.version_dir().map(|dir| dir.join(WARMUP_FILE)) else {
         return Ok(generated(model));
     };
     match std::fs::read_to_string(&path) {

@@ -41,6 +41,8 @@ pub enum BackendKind {
     Tract,
     /// ONNX Runtime through the `ort` crate.
     Ort,
+    /// No engine of its own: a cascade runs its phase models on theirs.
+    Cascade,
 }
 
 impl BackendKind {
@@ -49,6 +51,7 @@ impl BackendKind {
         match self {
             BackendKind::Tract => "tract",
             BackendKind::Ort => "ort",
+            BackendKind::Cascade => "cascade",
         }
     }
 }
@@ -160,6 +163,9 @@ pub fn load(
         BackendKind::Ort => {
             let _ = source;
             Err("this build of Serval has no ONNX Runtime support (feature `ort`)".into())
+        }
+        BackendKind::Cascade => {
+            Err("a cascade has no graph to load: it runs its phases on their engines".into())
         }
     }
 }

@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
-use serval_core::ModelConfig;
-use serval_core::config::VersionPolicy;
+use serval_core::config::{ModelKind, VersionPolicy};
 use serval_core::model::MODEL_FILE;
 use serval_core::warmup::WARMUP_FILE;
+use serval_core::{Model, ModelConfig};
 
 use super::engine_threads::{default_workers, resident_bytes};
-use super::{ModelStore, ServedModel, ServedVersion, Snapshot};
+use super::{ModelStore, ServedModel, ServedVersion, Snapshot, VersionSelector};
 use crate::batcher::Batcher;
 use crate::metrics;
 
@@ -24,7 +24,13 @@ impl ModelStore {
             .reconcile_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let names = self.repository.model_names()?;
+        let mut names = self.repository.model_names()?;
+        // Cascades after the models they chain, so they are built over this pass's versions.
+        names.sort_by_key(|name| {
+            self.repository
+                .config(name)
+                .is_ok_and(|c| c.kind == ModelKind::Cascade)
+        });
         let old = self.current();
         let mut next = Snapshot {
             unloaded: old.unloaded.clone(),
@@ -60,6 +66,9 @@ impl ModelStore {
         };
         let config_changed = current.is_some_and(|m| m.config != config);
         let shared_config = Arc::new(config.clone());
+        // A cascade's phases are the versions this snapshot serves.
+        let served = next.models.clone();
+        let phases = move |name: &str, version: Option<&str>| served_phase(&served, name, version);
         let mut versions = BTreeMap::new();
         for version in candidates {
             if versions.len() >= wanted {
@@ -71,6 +80,7 @@ impl ModelStore {
             if let Some(loaded) = loaded
                 && !config_changed
                 && loaded.fingerprint == fingerprint
+                && same_phases(&loaded.model, &phases)
             {
                 versions.insert(version, loaded.clone());
                 continue;
@@ -86,7 +96,14 @@ impl ModelStore {
                     .insert((name.to_owned(), version), fingerprint);
                 continue;
             }
-            match self.load_version(name, version, shared_config.clone(), fingerprint.clone()) {
+            let loading = self.load_version(
+                name,
+                version,
+                shared_config.clone(),
+                fingerprint.clone(),
+                &phases,
+            );
+            match loading {
                 Ok(served) => {
                     versions.insert(version, Arc::new(served));
                 }
@@ -140,10 +157,14 @@ impl ModelStore {
         version: u64,
         config: Arc<ModelConfig>,
         fingerprint: Fingerprint,
+        phases: &serval_core::cascade::PhaseSource<'_>,
     ) -> serval_core::Result<ServedVersion> {
         let rss_before = resident_bytes();
         // Loading includes warm-up (and the engine fallback it may trigger).
-        let model = Arc::new(self.repository.load_version(name, version, config)?);
+        let model = Arc::new(
+            self.repository
+                .load_version_with(name, version, config, phases)?,
+        );
         let rss_bytes_at_load = resident_bytes().saturating_sub(rss_before);
         let workers = model
             .config()
@@ -190,6 +211,41 @@ impl Snapshot {
     fn failed_fingerprints(&self, name: &str, version: u64) -> Option<&Fingerprint> {
         self.failed_fingerprint.get(&(name.to_owned(), version))
     }
+}
+
+/// The served version a cascade names as a phase.
+fn served_phase(
+    models: &BTreeMap<String, Arc<ServedModel>>,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<Model>, String> {
+    let served = models
+        .get(name)
+        .ok_or_else(|| format!("model '{name}' is not serving (see its own status)"))?;
+    let selector = VersionSelector::parse(version).map_err(|e| e.to_string())?;
+    let version = served.resolve(&selector).map_err(|e| e.to_string())?;
+    Ok(version.model.clone())
+}
+
+/// Whether a loaded version still runs on the phases that `phases` picks now (always, for a
+/// model that is not a cascade): a phase that was reloaded, or whose default moved, rebuilds
+/// the cascade over the new version.
+fn same_phases(model: &Model, phases: &serval_core::cascade::PhaseSource<'_>) -> bool {
+    let Some(cascade) = model.cascade() else {
+        return true;
+    };
+    let config = model.config().cascade.as_ref();
+    let phase1 = config.map(|c| phases(&c.phase1, c.phase1_version.as_deref()));
+    let policy = cascade.policy();
+    let phase2 = policy
+        .phase2
+        .as_deref()
+        .map(|name| phases(name, policy.phase2_version.as_deref()));
+    let same = |now: Option<Result<Arc<Model>, String>>, loaded: &Arc<Model>| {
+        now.and_then(Result::ok)
+            .is_some_and(|now| Arc::ptr_eq(&now, loaded))
+    };
+    same(phase1, cascade.phase1()) && same(phase2, cascade.phase2())
 }
 
 /// Keeps whatever served before (if anything) and records why the update failed, logging

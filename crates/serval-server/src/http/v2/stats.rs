@@ -93,7 +93,7 @@ fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Respon
             })
             .collect()
     };
-    json_ok(&json!({
+    let mut config = json!({
         "name": model,
         "platform": "onnxruntime_onnx",
         "backend": m.backend_choice().kind.as_str(),
@@ -108,7 +108,16 @@ fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Respon
         // The engine threads are Triton's CPU model instances.
         "instance_group": [{"kind": "KIND_CPU", "count": served.batcher.workers()}],
         "version_policy": {"latest": {"num_versions": 1}},
-    }))
+    });
+    // A cascade reads as Triton's ensemble of its two phases, with the policy between them.
+    if let Some(cascade) = m.cascade() {
+        let step = |phase: &serval_core::Model| json!({"model_name": phase.name(), "model_version": phase.version()});
+        config["platform"] = json!("ensemble");
+        config["ensemble_scheduling"] =
+            json!({"step": [step(cascade.phase1()), step(cascade.phase2())]});
+        config["cascade_policy"] = json!(cascade.policy());
+    }
+    json_ok(&config)
 }
 
 fn triton_type(spec: &TensorSpec) -> &'static str {

@@ -14,10 +14,55 @@
 //! when = "any"
 //! ```
 
+mod model;
+
 use serde::{Deserialize, Serialize};
+
+pub use model::{Cascade, OUTPUT_CLASS, OUTPUT_CONFIDENCE, OUTPUT_PHASE, PhaseSource};
 
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorData};
+
+/// `[cascade]` of a model with `kind = "cascade"`: the two-phase prediction run whole on the
+/// server. Phase 1 sees every instance; phase 2 only those the policy forwards.
+///
+/// ```toml
+/// kind = "cascade"
+/// [cascade]
+/// phase1 = "digits_phase1"   # its [edge] section is the policy unless [cascade.policy] is set
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// The phase-1 model of the repository.
+    pub phase1: String,
+    /// Its version, a number or label (its default when unset).
+    #[serde(default)]
+    pub phase1_version: Option<String>,
+    /// When to forward and to which phase-2 model. Unset: phase 1's own `[edge]` section, so
+    /// the device, the browser and the server cascade by one policy.
+    #[serde(default)]
+    pub policy: Option<CascadePolicy>,
+    /// Phase 2's signature (default `serving_default`).
+    #[serde(default)]
+    pub phase2_signature: Option<String>,
+    /// Phase 2's output of `[N, C]` class probabilities; by default its signature's only one.
+    #[serde(default)]
+    pub phase2_scores: Option<String>,
+}
+
+impl CascadeConfig {
+    /// Refuses an empty phase-1 name or an invalid inline policy.
+    pub fn check(&self) -> Result<(), String> {
+        if self.phase1.is_empty() {
+            return Err("`phase1` must name a model of the repository".into());
+        }
+        if let Some(policy) = &self.policy {
+            policy.check().map_err(|e| format!("policy: {e}"))?;
+        }
+        Ok(())
+    }
+}
 
 /// When phase 1 hands an instance to phase 2.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -118,40 +163,7 @@ impl CascadePolicy {
     /// Checks the policy against phase 1: its signature exists, has the scores output, and
     /// every forwarded class is one of its classes. Returns the scores output's name.
     pub fn scores_output(&self, phase1: &Model) -> Result<String, String> {
-        let signature = phase1
-            .signature(self.signature.as_deref())
-            .map_err(|e| e.to_string())?;
-        let is_scores = |spec: &&crate::TensorSpec| {
-            spec.data_type == crate::DataType::Fp32 && spec.shape.len() == 2
-        };
-        let name = match &self.scores {
-            Some(name) => signature
-                .outputs
-                .iter()
-                .find(|o| &o.name == name)
-                .filter(is_scores)
-                .map(|o| o.name.clone())
-                .ok_or_else(|| {
-                    format!(
-                        "scores = '{name}' is not a float [N, C] output of phase 1's signature '{}'",
-                        signature.name
-                    )
-                })?,
-            None => {
-                let candidates: Vec<_> = signature.outputs.iter().filter(is_scores).collect();
-                match candidates.as_slice() {
-                    [one] => one.name.clone(),
-                    _ => {
-                        return Err(format!(
-                            "phase 1's signature '{}' has {} float [N, C] outputs: name the class \
-                             probabilities with `scores = \"...\"`",
-                            signature.name,
-                            candidates.len()
-                        ));
-                    }
-                }
-            }
-        };
+        let name = scores_output(phase1, self.signature.as_deref(), self.scores.as_deref())?;
         let labels = &phase1.config().class_labels;
         if !labels.is_empty()
             && let Some(unknown) = self.forward.classes.iter().find(|c| !labels.contains(c))
@@ -165,30 +177,11 @@ impl CascadePolicy {
 
     /// Phase 1's verdict on each row of its `scores` output (`[N, C]` probabilities).
     pub fn judge(&self, scores: &Tensor, class_labels: &[String]) -> Result<Vec<Verdict>, String> {
-        let TensorData::Fp32(values) = scores.data() else {
-            return Err(format!(
-                "phase 1's scores are {}, not FP32",
-                scores.data_type().as_str()
-            ));
-        };
-        let classes = match scores.shape() {
-            [_, c] if *c > 0 => *c,
-            shape => return Err(format!("phase 1's scores have shape {shape:?}, not [N, C]")),
-        };
+        let (values, classes) = score_rows(scores)?;
         Ok(values
             .chunks(classes)
             .map(|row| {
-                let (index, confidence) =
-                    row.iter()
-                        .copied()
-                        .enumerate()
-                        .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
-                            if p > best.1 { (i, p) } else { best }
-                        });
-                let class = class_labels
-                    .get(index)
-                    .cloned()
-                    .unwrap_or_else(|| index.to_string());
+                let (class, confidence) = top_class(row, class_labels);
                 let forward = self.decide(&class, confidence);
                 Verdict {
                     class,
@@ -221,6 +214,87 @@ impl CascadePolicy {
             (c, p, _) => reason(c.unwrap_or(false), p.unwrap_or(false)),
         }
     }
+}
+
+/// The float `[N, C]` output of `model`'s signature holding class scores: the one named, else
+/// the signature's only such output.
+pub fn scores_output(
+    model: &Model,
+    signature: Option<&str>,
+    scores: Option<&str>,
+) -> Result<String, String> {
+    let signature = model.signature(signature).map_err(|e| e.to_string())?;
+    let is_scores = |spec: &&crate::TensorSpec| {
+        spec.data_type == crate::DataType::Fp32 && spec.shape.len() == 2
+    };
+    match scores {
+        Some(name) => signature
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .filter(is_scores)
+            .map(|o| o.name.clone())
+            .ok_or_else(|| {
+                format!(
+                    "scores = '{name}' is not a float [N, C] output of {}'s signature '{}'",
+                    model.name(),
+                    signature.name
+                )
+            }),
+        None => {
+            let candidates: Vec<_> = signature.outputs.iter().filter(is_scores).collect();
+            match candidates.as_slice() {
+                [one] => Ok(one.name.clone()),
+                _ => Err(format!(
+                    "{}'s signature '{}' has {} float [N, C] outputs: name the class \
+                     probabilities with `scores = \"...\"`",
+                    model.name(),
+                    signature.name,
+                    candidates.len()
+                )),
+            }
+        }
+    }
+}
+
+/// The rows of an `[N, C]` FP32 scores tensor: its values and `C`.
+fn score_rows(scores: &Tensor) -> Result<(&[f32], usize), String> {
+    let TensorData::Fp32(values) = scores.data() else {
+        return Err(format!(
+            "the scores are {}, not FP32",
+            scores.data_type().as_str()
+        ));
+    };
+    match scores.shape() {
+        [_, c] if *c > 0 => Ok((values, *c)),
+        shape => Err(format!("the scores have shape {shape:?}, not [N, C]")),
+    }
+}
+
+/// Each row's top class (its label, or its index as text when there are no labels) and its
+/// score, from `[N, C]` probabilities.
+pub fn top_classes(scores: &Tensor, class_labels: &[String]) -> Result<Vec<(String, f32)>, String> {
+    let (values, classes) = score_rows(scores)?;
+    Ok(values
+        .chunks(classes)
+        .map(|row| top_class(row, class_labels))
+        .collect())
+}
+
+/// The first highest score of a row (NaN never wins) and its class.
+fn top_class(row: &[f32], class_labels: &[String]) -> (String, f32) {
+    let (index, confidence) =
+        row.iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
+                if p > best.1 { (i, p) } else { best }
+            });
+    let class = class_labels
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| index.to_string());
+    (class, confidence)
 }
 
 #[cfg(test)]
