@@ -11,7 +11,8 @@
 # results say so when the binary's path has /debug/ in it or BENCH_DEBUG_BINARY=1.
 #
 # 1. Quantization of examples/models/digits_phase1 and breast_cancer_mlp_large: the float file;
-#    `serval quantize` --mode weights-int8 (per channel, the default), weights-int8 --per-tensor,
+#    `serval quantize` --mode weights-int8 (the default: TF Lite's scales, one per weight for
+#    MatMul/Gemm and per output channel for Conv), weights-int8 --per-channel,
 #    dynamic-int8, fp16; onnxruntime.quantization.quantize_dynamic with QInt8 and QUInt8 weights.
 #    Bytes, gzip bytes (Python gzip, level 9), ratios, accuracy on labelled rows and agreement
 #    with the float file, all by onnxruntime with one thread (bench/python/labelled.py: the 1080

@@ -133,8 +133,8 @@ def variants(serval: str, src: str, work: str, model: str):
 
     for name, short, (make, how) in [
         ("float", "float", (copy, ["(the committed file)", rel(src)])),
-        ("serval weights-int8 (per channel)", "weights-int8", sv("--mode", "weights-int8")),
-        ("serval weights-int8 --per-tensor", "weights-int8-per-tensor", sv("--mode", "weights-int8", "--per-tensor")),
+        ("serval weights-int8 (TF Lite's scales)", "weights-int8", sv("--mode", "weights-int8")),
+        ("serval weights-int8 --per-channel", "weights-int8-per-channel", sv("--mode", "weights-int8", "--per-channel")),
         ("serval dynamic-int8", "dynamic-int8", sv("--mode", "dynamic-int8")),
         ("serval fp16", "fp16", sv("--mode", "fp16")),
         ("onnxruntime quantize_dynamic QInt8", "ort-qint8", ort_q("QInt8")),

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use serval_core::instances::predict_instances;
 use serval_core::{Model, ModelConfig, Tensor, TensorData};
-use serval_quantize::{Mode, QuantizeOptions, Report};
+use serval_quantize::{Mode, QuantizeOptions, Report, Scales};
 
 use crate::predict::{InputFormat, read_lines};
 
@@ -30,8 +30,11 @@ pub struct QuantizeArgs {
     /// Weights with fewer elements stay float.
     #[arg(long, default_value_t = 16)]
     min_elements: usize,
-    /// One scale per weight instead of one per output channel: a few bytes smaller, usually a
-    /// little less accurate (ONNX Runtime's quantize_dynamic default).
+    /// One scale per output channel for every weight (default: TF Lite's scheme, per channel
+    /// for Conv, one scale per weight for MatMul and Gemm): 4 bytes a column, closest to float.
+    #[arg(long, conflicts_with = "per_tensor")]
+    per_channel: bool,
+    /// One scale per weight for every weight, Conv too (ONNX Runtime's quantize_dynamic default).
     #[arg(long)]
     per_tensor: bool,
     /// Labelled data (JSON Lines or CSV: the model's inputs plus `--label`) to measure both
@@ -68,7 +71,11 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             ModeArg::Fp16 => Mode::Fp16,
         },
         min_elements: args.min_elements,
-        per_channel: !args.per_tensor,
+        scales: match (args.per_channel, args.per_tensor) {
+            (true, _) => Scales::PerChannel,
+            (_, true) => Scales::PerTensor,
+            _ => Scales::ByOperator,
+        },
     };
     let (quantized, report) = serval_quantize::quantize(&bytes, &options)
         .with_context(|| format!("cannot quantize {}", args.input.display()))?;

@@ -55,9 +55,32 @@ pub struct QuantizeOptions {
     pub mode: Mode,
     /// Weights with fewer elements stay float (a bias of 10 floats saves nothing).
     pub min_elements: usize,
-    /// One scale per output channel (the default: closer to the float model) rather than one
-    /// per weight (a few bytes smaller, as ONNX Runtime's quantizer does by default).
-    pub per_channel: bool,
+    /// How many scales an int8 weight gets.
+    pub scales: Scales,
+}
+
+/// The granularity of int8 weight scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scales {
+    /// TF Lite's int8 scheme: one scale per output channel for a convolution (whose filters'
+    /// ranges differ widely), one per weight for MatMul and Gemm (its fully connected layers).
+    #[default]
+    ByOperator,
+    /// One scale per output channel everywhere: closest to the float model, 4 bytes a column.
+    PerChannel,
+    /// One scale per weight everywhere (ONNX Runtime's `quantize_dynamic` default).
+    PerTensor,
+}
+
+impl Scales {
+    /// Whether a weight of `op_type` gets a scale per output channel.
+    fn per_channel(self, op_type: &str) -> bool {
+        match self {
+            Scales::ByOperator => op_type == "Conv",
+            Scales::PerChannel => true,
+            Scales::PerTensor => false,
+        }
+    }
 }
 
 impl Default for QuantizeOptions {
@@ -65,7 +88,7 @@ impl Default for QuantizeOptions {
         QuantizeOptions {
             mode: Mode::WeightsInt8,
             min_elements: 16,
-            per_channel: true,
+            scales: Scales::default(),
         }
     }
 }
@@ -646,7 +669,7 @@ impl<'g> Rewrite<'g> {
         };
         Ok(self.rewire(node, at, weight, |this| {
             // Per-axis scales need opset 13; before it, one scale for the whole tensor.
-            let per_axis = this.options.per_channel && this.opset >= 13;
+            let per_axis = this.options.scales.per_channel(&node.op_type) && this.opset >= 13;
             let (q_name, scale_name) = this.add_int8(
                 weight,
                 dims.to_vec(),
@@ -742,7 +765,7 @@ impl<'g> Rewrite<'g> {
             vec![k as i64, n as i64],
             &matrix,
             (k, n, true),
-            self.options.per_channel,
+            self.options.scales.per_channel("MatMul"),
         );
         let zero_name = self.unique(weight, "zero_point");
         self.graph.initializer.push(tensor(
