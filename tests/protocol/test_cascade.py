@@ -240,3 +240,15 @@ def test_a_policy_change_in_phase_1_rebuilds_the_served_cascade(tmp_path, oracle
             time.sleep(0.2)
     finally:
         server.kill()
+
+
+def test_batch_job_runs_the_cascade_and_keeps_keys(tmp_path, oracle):
+    keys, x, want = oracle
+    out = tmp_path / "out"
+    res = subprocess.run([str(serval_bin()), "batch", str(REPO), CASCADE, "--input", str(DATA),
+                          "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (out / "_SUCCESS").is_file()
+    rows = {r["key"]: r for r in ds.dataset(out, format="parquet").to_table().to_pylist()}
+    assert set(rows) == set(keys)
+    assert_answers({n: [rows[k][n] for k in keys] for n in ("class", "confidence", "phase")}, want)
