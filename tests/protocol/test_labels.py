@@ -167,6 +167,24 @@ def test_labels_import_from_a_file(tmp_path, suffix):
     assert not list((log / "_wal").rglob("*.seg")), "the import's segment was rolled"
 
 
+def test_labels_import_of_json_lines_whose_labels_change_type(tmp_path):
+    """A class name on one line and a class id on the next, as exporters write them."""
+    log = tmp_path / "log"
+    log.mkdir()
+    path = tmp_path / "truth.jsonl"
+    path.write_text('{"key": "a", "label": "setosa"}\n{"key": "b", "label": 2}\n\n'
+                    '{"key": 7, "label": 0.5, "note": "ignored"}\n')
+    out = import_labels(log, path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"] == 3, out.stdout
+    history = sorted((r["key"], r["label"], r["label_value"]) for r in label_history(log))
+    assert history == [("7", "0.5", 0.5), ("a", "setosa", None), ("b", "2", 2.0)], history
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "a", "label": "setosa"}\n{"key": "b"}\n')
+    out = import_labels(log, bad)
+    assert out.returncode != 0 and "row 2" in out.stderr and "label" in out.stderr, out.stderr
+
+
 def test_labels_import_refuses_a_file_with_a_bad_row_and_writes_nothing(tmp_path):
     log = tmp_path / "log"
     log.mkdir()

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::datatypes::DataType as ArrowType;
+use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::listing::ListingTableUrl;
@@ -421,17 +421,66 @@ pub async fn register_table(
     input: &str,
     format: FileFormat,
 ) -> Result<(), BatchError> {
+    register(ctx, name, input, Reading::Table(format)).await
+}
+
+/// Registers JSON Lines files as table `name` of one text column, [`LINE_COLUMN`], a row per
+/// line, for a caller that parses each line itself: DataFusion's JSON reader refuses a field
+/// whose type changes from line to line (a label `"cat"` on one line, `3` on the next).
+pub async fn register_json_lines_as_text(
+    ctx: &SessionContext,
+    name: &str,
+    input: &str,
+) -> Result<(), BatchError> {
+    register(ctx, name, input, Reading::JsonLinesAsText).await
+}
+
+/// The one column of [`register_json_lines_as_text`]'s table.
+pub const LINE_COLUMN: &str = "line";
+
+/// How a registered file is read.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// As its format's table.
+    Table(FileFormat),
+    /// JSON Lines as a CSV of one field: split on a byte that valid JSON never holds
+    /// unescaped, with no quoting, so each line arrives whole.
+    JsonLinesAsText,
+}
+
+impl Reading {
+    const SEPARATOR: u8 = 0x1f;
+    const NO_QUOTE: u8 = 0x1e;
+
+    fn extension(self) -> &'static str {
+        match self {
+            Reading::Table(format) => format.extension(),
+            Reading::JsonLinesAsText => FileFormat::Jsonl.extension(),
+        }
+    }
+
+    fn line_schema() -> Schema {
+        Schema::new(vec![Field::new(LINE_COLUMN, ArrowType::Utf8, true)])
+    }
+}
+
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    input: &str,
+    reading: Reading,
+) -> Result<(), BatchError> {
     // A named file keeps its own extension; directories and globs select by the format's.
     let file = input_name(input);
     let has_glob = file.contains(['*', '?', '[']);
     if has_glob && input.contains("://") {
-        return register_url_glob(ctx, name, input, file, format).await;
+        return register_url_glob(ctx, name, input, file, reading).await;
     }
     let ext = match file.rsplit_once('.') {
         Some((_, e)) if !has_glob && !input.ends_with('/') => format!(".{e}"),
-        _ => format!(".{}", format.extension()),
+        _ => format!(".{}", reading.extension()),
     };
-    register_files(ctx, name, input, format, &ext).await
+    register_files(ctx, name, input, reading, &ext).await
 }
 
 /// DataFusion expands globs only in local paths; an object-store URL's last segment is matched
@@ -441,7 +490,7 @@ async fn register_url_glob(
     name: &str,
     input: &str,
     pattern: &str,
-    format: FileFormat,
+    reading: Reading,
 ) -> Result<(), BatchError> {
     use datafusion::datasource::file_format::{
         csv::CsvFormat, json::JsonFormat, parquet::ParquetFormat,
@@ -451,17 +500,24 @@ async fn register_url_glob(
     let dir = url::Url::parse(&input[..input.len() - pattern.len()]).map_err(|e| bad(&e))?;
     let glob = glob::Pattern::new(pattern).map_err(|e| bad(&e))?;
     let url = ListingTableUrl::try_new(dir, Some(glob))?;
-    let file_format: Arc<dyn datafusion::datasource::file_format::FileFormat> = match format {
-        FileFormat::Parquet => Arc::new(ParquetFormat::default()),
-        FileFormat::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
-        FileFormat::Jsonl => Arc::new(JsonFormat::default()),
+    let file_format: Arc<dyn datafusion::datasource::file_format::FileFormat> = match reading {
+        Reading::Table(FileFormat::Parquet) => Arc::new(ParquetFormat::default()),
+        Reading::Table(FileFormat::Csv) => Arc::new(CsvFormat::default().with_has_header(true)),
+        Reading::Table(FileFormat::Jsonl) => Arc::new(JsonFormat::default()),
+        Reading::JsonLinesAsText => Arc::new(
+            CsvFormat::default()
+                .with_has_header(false)
+                .with_delimiter(Reading::SEPARATOR)
+                .with_quote(Reading::NO_QUOTE),
+        ),
     };
     // The glob selects the files; no extension filter on top of it.
     let options = ListingOptions::new(file_format).with_file_extension("");
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .infer_schema(&ctx.state())
-        .await?;
+    let config = ListingTableConfig::new(url).with_listing_options(options);
+    let config = match reading {
+        Reading::JsonLinesAsText => config.with_schema(Arc::new(Reading::line_schema())),
+        Reading::Table(_) => config.infer_schema(&ctx.state()).await?,
+    };
     ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
     Ok(())
 }
@@ -470,9 +526,23 @@ async fn register_files(
     ctx: &SessionContext,
     name: &str,
     input: &str,
-    format: FileFormat,
+    reading: Reading,
     ext: &str,
 ) -> Result<(), BatchError> {
+    let format = match reading {
+        Reading::Table(format) => format,
+        Reading::JsonLinesAsText => {
+            let schema = Reading::line_schema();
+            let options = CsvReadOptions::new()
+                .has_header(false)
+                .delimiter(Reading::SEPARATOR)
+                .quote(Reading::NO_QUOTE)
+                .schema(&schema)
+                .file_extension(ext);
+            ctx.register_csv(name, input, options).await?;
+            return Ok(());
+        }
+    };
     match format {
         FileFormat::Parquet => {
             ctx.register_parquet(

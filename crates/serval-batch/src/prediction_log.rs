@@ -30,7 +30,7 @@ use serval_core::{Model, Signature as ModelSignature, TensorSpec};
 use serval_log::{Label, LogRoot};
 
 use crate::BatchError;
-use crate::job::{FileFormat, register_table};
+use crate::job::{FileFormat, LINE_COLUMN, register_json_lines_as_text, register_table};
 
 /// Registers a prediction log's tables. A log with nothing rolled yet has empty tables, not an
 /// error.
@@ -169,6 +169,9 @@ pub async fn read_labels(
 ) -> Result<Vec<(String, Label)>, BatchError> {
     // One partition: rows come back in file order, so of a key given twice the last counts.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    if format == FileFormat::Jsonl {
+        return read_json_labels(&ctx, input, key_column, label_column).await;
+    }
     register_table(&ctx, "label_file", input, format).await?;
     let frame = ctx.table("label_file").await?;
     let available = || {
@@ -219,6 +222,60 @@ pub async fn read_labels(
             if let Some(booleans) = booleans {
                 label.value = Some(f64::from(u8::from(booleans.value(i))));
             }
+            labels.push((key, label));
+        }
+    }
+    Ok(labels)
+}
+
+/// Labels from JSON Lines, each line parsed here: a label may be text on one line and a number
+/// on the next (`Label::from_json` keeps both), which a typed column cannot hold.
+async fn read_json_labels(
+    ctx: &SessionContext,
+    input: &str,
+    key_column: &str,
+    label_column: &str,
+) -> Result<Vec<(String, Label)>, BatchError> {
+    register_json_lines_as_text(ctx, "label_file", input).await?;
+    let mut stream = ctx
+        .table("label_file")
+        .await?
+        .select_columns(&[LINE_COLUMN])?
+        .execute_stream()
+        .await?;
+    let mut labels = Vec::new();
+    let mut row = 0;
+    while let Some(batch) = stream.try_next().await? {
+        let lines = batch.column(0).as_string::<i32>();
+        for line in lines.iter().flatten().filter(|l| !l.trim().is_empty()) {
+            row += 1;
+            let bad = |why: String| {
+                BatchError::Invalid(format!(
+                    "{input}, row {row}: {why}; no label of the file was imported"
+                ))
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+            let Some(object) = value.as_object() else {
+                return Err(bad("not a JSON object".into()));
+            };
+            let key = match object.get(key_column) {
+                Some(serde_json::Value::String(key)) if !key.is_empty() => key.clone(),
+                Some(serde_json::Value::Number(key)) => key.to_string(),
+                Some(_) => return Err(bad(format!("the key ('{key_column}') is empty"))),
+                None => {
+                    return Err(bad(format!(
+                        "no key field '{key_column}' (--key); its fields: {}",
+                        object.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            };
+            let label = match object.get(label_column) {
+                None | Some(serde_json::Value::Null) => {
+                    return Err(bad(format!("the label ('{label_column}') is empty")));
+                }
+                Some(value) => Label::from_json(value).map_err(bad)?,
+            };
             labels.push((key, label));
         }
     }

@@ -66,8 +66,11 @@ impl ModelStore {
         };
         let config_changed = current.is_some_and(|m| m.config != config);
         let shared_config = Arc::new(config.clone());
-        // A cascade's phases are the versions this snapshot serves.
-        let served = next.models.clone();
+        // A cascade's phases are the versions this snapshot serves (other models ask for none).
+        let served = match config.kind {
+            ModelKind::Cascade => next.models.clone(),
+            ModelKind::Onnx => BTreeMap::new(),
+        };
         let phases = move |name: &str, version: Option<&str>| served_phase(&served, name, version);
         let mut versions = BTreeMap::new();
         for version in candidates {
