@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 
 import grpc
 import numpy as np
+import pyarrow.dataset as ds
 import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -96,5 +98,32 @@ def test_sigterm_finishes_in_flight_requests():
             pass
         idle_client.close()
         session.close()
+    finally:
+        server.kill()
+
+
+def test_a_client_holding_a_partial_request_cannot_keep_the_server_alive(tmp_path):
+    """Past --shutdown-timeout-secs the connections still open are closed and the process exits
+    (with its prediction log flushed); before it, a request in flight is still answered."""
+    log = tmp_path / "log"
+    server = ServalServer("--shutdown-timeout-secs", "2", "--prediction-log", str(log))
+    try:
+        # A body announced at 100 bytes of which only one ever arrives.
+        holder = socket.create_connection((server.http_host, server.http_port), timeout=30)
+        holder.sendall(b"POST /v2/models/iris_lr/infer HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        answered = requests.post(f"{server.url}/v1/models/iris_lr:predict",
+                                 json={"instances": [{"key": "before", "features": [5.1, 3.5, 1.4, 0.2]}]},
+                                 timeout=10)
+        assert answered.status_code == 200, answered.text
+        # Generous: without the deadline the server never exits; with it, after about 2 s.
+        code = server.terminate(timeout=30.0)
+        assert code == 0, f"exit code {code}:\n{server.stderr_text()}"
+        assert "shutdown deadline passed" in server.stderr_text(), server.stderr_text()
+        assert holder.recv(1024) == b"", "the held connection was closed without an answer"
+        holder.close()
+        keys = [r["key"] for r in ds.dataset(log / "predictions", format="parquet",
+                                              partitioning="hive").to_table().to_pylist()]
+        assert keys == ["before"], keys
     finally:
         server.kill()

@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Per-request deadline in milliseconds, queueing included (504 beyond).
     #[arg(long, env = "SERVAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// On SIGTERM or Ctrl-C, seconds to let open requests finish before the connections still
+    /// open are closed and the process exits (the prediction log is flushed either way).
+    /// Kubernetes' default grace period is 30 s: keep this below the pod's.
+    #[arg(long, env = "SERVAL_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25.0)]
+    shutdown_timeout_secs: f64,
     /// Answer requests whose keys a `serval batch` output holds from it: MODEL=DIR (Parquet
     /// output with `_SUCCESS`; reloaded when a new one appears). Repeat for several models.
     #[arg(long, value_name = "MODEL=DIR", value_parser = parse_mount)]
@@ -171,6 +176,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_concurrent_requests: args.max_concurrent_requests,
         },
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "--shutdown-timeout-secs must be a finite, non-negative number of seconds"
+                )
+            },
+        )?,
         poll_interval: (args.poll_interval_secs > 0.0)
             .then(|| Duration::try_from_secs_f64(args.poll_interval_secs))
             .transpose()
@@ -231,7 +243,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _context = runtime.enter();
         shutdown_signal()
     };
-    runtime.block_on(serval_server::serve(&repository, config, shutdown))?;
+    let served = runtime.block_on(serval_server::serve(&repository, config, shutdown));
+    // Connections cut at the shutdown deadline may still have tasks parked on the runtime;
+    // they are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served?;
     Ok(())
 }
 

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub limits: pipeline::Limits,
     /// Deadline for one request (queueing plus compute).
     pub request_timeout: Duration,
+    /// How long a graceful shutdown waits for open requests and connections before it closes
+    /// them (Kubernetes' default grace period is 30 s; a pod's `preStop` drain comes first).
+    pub shutdown_timeout: Duration,
     /// How often to re-scan the repository (besides file notifications); `None` never reloads.
     pub poll_interval: Option<Duration>,
     /// Batch outputs answering requests by key: (model, directory).
@@ -144,7 +147,24 @@ pub async fn serve(
             None => Ok(()),
         }
     };
-    let (http_res, grpc_res, metrics_res) = tokio::join!(http_server, grpc_server, metrics_server);
+    let servers = async { tokio::join!(http_server, grpc_server, metrics_server) };
+    // A client holding a request half sent (or a stream open) must not keep the process alive
+    // past its grace period: the connections still open are then dropped, unanswered.
+    let shutdown_timeout = config.shutdown_timeout;
+    let deadline = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    let (http_res, grpc_res, metrics_res) = tokio::select! {
+        results = servers => results,
+        () = deadline => {
+            tracing::warn!(
+                timeout_ms = shutdown_timeout.as_millis() as u64,
+                "shutdown deadline passed: closing the connections still open"
+            );
+            (Ok(()), Ok(()), Ok(()))
+        }
+    };
     if let Some(log) = log {
         // Every answered request is queued by now: write it all out and roll it into Parquet.
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
