@@ -202,6 +202,30 @@ def test_repository_api_loads_and_unloads(repo, live_server):
     assert "nope" in missing.json()["error"]
 
 
+def test_a_page_of_another_origin_cannot_unload_a_model_or_post_labels(repo, live_server):
+    """The cross-site `text/plain` POST a browser sends without a preflight is refused; the
+    same request from a client outside a browser, or from the server's own pages, goes through."""
+    server = live_server
+    unload = f"{server.url}/v2/repository/models/{MODEL}/unload"
+    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{server.http_port + 1}"):
+        res = requests.post(unload, data="{}", headers={"Origin": origin, "Content-Type": "text/plain"},
+                            timeout=10)
+        assert res.status_code == 403, (origin, res.text)
+        assert "another origin" in res.json()["error"], res.text
+    labels = requests.post(f"{server.url}/v1/models/{MODEL}/labels", data='{"labels": []}',
+                           headers={"Origin": "http://evil.example", "Content-Type": "text/plain"}, timeout=10)
+    assert labels.status_code == 403, labels.text
+    # Still served: nothing was unloaded.
+    res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
+    assert res.status_code == 200, res.text
+    # Inference from another origin is not a state change.
+    res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]},
+                        headers={"Origin": "http://evil.example"}, timeout=10)
+    assert res.status_code == 200, res.text
+    same = requests.post(unload, headers={"Origin": server.url}, timeout=10)
+    assert same.status_code == 200, same.text
+
+
 def test_canary_split_follows_the_configured_share(repo, live_server):
     server = live_server
     add_version(repo, 2)

@@ -33,6 +33,9 @@ pub enum ServerError {
     /// The request needs a feature this server was started without.
     #[error("{0}")]
     NotEnabled(String),
+    /// The request may not do this (a cross-origin page changing the server's state).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ServerError {
@@ -55,6 +58,7 @@ impl ServerError {
             ServerError::Overloaded(_) | ServerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServerError::NotEnabled(_) => StatusCode::NOT_IMPLEMENTED,
+            ServerError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -90,6 +94,7 @@ impl From<ServerError> for tonic::Status {
             StatusCode::GATEWAY_TIMEOUT => tonic::Status::deadline_exceeded(message),
             StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(message),
             StatusCode::NOT_IMPLEMENTED => tonic::Status::unimplemented(message),
+            StatusCode::FORBIDDEN => tonic::Status::permission_denied(message),
             _ => tonic::Status::internal(message),
         }
     }

@@ -38,6 +38,42 @@ pub fn router(state: AppState, pages: Option<Router>) -> Router {
         .merge(pages.unwrap_or_default())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state, shed_load))
+        .layer(axum::middleware::from_fn(refuse_cross_origin_changes))
+}
+
+/// Refuses requests that change the server's state (load and unload, ground truth, reported
+/// predictions) when a browser sends them from another site's page. A cross-origin "simple"
+/// POST (`text/plain`, no preflight) would otherwise reach the handler with the operator's
+/// network access; clients outside a browser send no `Origin` and are not affected.
+async fn refuse_cross_origin_changes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let changes_state = request.method() != axum::http::Method::GET
+        && (path.starts_with("/v2/repository/")
+            || (path.starts_with("/v1/models/") && path.ends_with("/labels"))
+            || (path.starts_with("/v2/models/") && path.ends_with("/log")));
+    if changes_state && let Some(origin) = foreign_origin(request.headers()) {
+        return ServerError::Forbidden(format!(
+            "{path} changes the server's state and is refused from a page of another origin \
+             ({origin}); call it from a client outside the browser or from this server's own pages"
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The request's `Origin`, when it names a site other than the `Host` it was sent to.
+fn foreign_origin(headers: &HeaderMap) -> Option<String> {
+    let origin = headers
+        .get(header::ORIGIN)?
+        .to_str()
+        .unwrap_or("(unreadable)");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    let same = authority.is_some_and(|a| Some(a) == host);
+    (!same).then(|| origin.chars().take(100).collect())
 }
 
 /// Refuses POSTs beyond the server's in-flight limit with 429 before their bodies are read;
