@@ -76,3 +76,28 @@ def test_request_counters_and_histograms(http, server, triton_grpc):
     for stage in ("queue", "compute"):
         assert any(n == f"serval_{stage}_duration_seconds_bucket" for n, _, _ in after), stage
     assert np.isfinite([v for _, _, v in after]).all()
+
+
+def test_each_request_is_logged_with_the_client_address_and_outcome(monkeypatch):
+    """At debug level, an HTTP request's and a gRPC call's events name the client's address."""
+    import requests
+    from support import ServalServer
+
+    monkeypatch.setenv("SERVAL_LOG", "serval_server=debug")
+    server = ServalServer()
+    try:
+        res = requests.post(f"{server.url}/v1/models/iris_lr:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+                            timeout=10)
+        assert res.status_code == 200, res.text
+        client = grpcclient.InferenceServerClient(server.grpc_addr)
+        x = grpcclient.InferInput("features", [1, 4], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        client.infer("iris_lr", [x])
+        client.close()
+    finally:
+        assert server.terminate() == 0
+    log = re.sub(r"\x1b\[[0-9;]*m", "", server.stderr_text(limit=1_000_000))
+    assert re.search(r"http\{client=127\.0\.0\.1:\d+ method=POST path=/v1/models/iris_lr:predict\}.*answered status=200",
+                     log), log[-3000:]
+    assert re.search(r"grpc\{client=127\.0\.0\.1:\d+ path=/inference\.GRPCInferenceService/ModelInfer\}.*status=200",
+                     log), log[-3000:]

@@ -132,9 +132,23 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&stop| stop).await;
     };
-    let http_server = axum::serve(http_listener, http::router(state, config.pages))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(
+        http_listener,
+        http::router(state, config.pages).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_server = tonic::transport::Server::builder()
+        .trace_fn(|request| {
+            let client = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr());
+            tracing::info_span!(
+                "grpc",
+                client = client.map(tracing::field::display),
+                path = %request.uri().path()
+            )
+        })
         .add_service(grpc::InferenceService::server(pipeline))
         .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
     let metrics_server = async {

@@ -39,6 +39,30 @@ pub fn router(state: AppState, pages: Option<Router>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state, shed_load))
         .layer(axum::middleware::from_fn(refuse_cross_origin_changes))
+        .layer(axum::middleware::from_fn(trace_client))
+}
+
+/// Puts each request in an `http` span naming the client's address, so the pipeline's events
+/// (and the outcome logged here at debug level) say who sent it.
+async fn trace_client(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let span = tracing::info_span!(
+        "http",
+        client = client.map(tracing::field::display),
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let response = next.run(request).await;
+        tracing::debug!(status = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 /// Refuses requests that change the server's state (load and unload, ground truth, reported
