@@ -474,3 +474,21 @@ def test_grpc_oversize_message(limited_server):
     assert err.value.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED), err.value
     assert str(LIMITED_MAX_BODY_BYTES) in err.value.details()
     check_serves(limited_server)
+
+
+def test_a_huge_name_from_the_client_is_not_echoed_whole(http, server, grpc_stub):
+    """Errors quote what the client sent, cut to about a kilobyte: REST bodies stay small and a
+    gRPC status still fits its metadata, so the client reads the error instead of failing on it."""
+    name = "o" * 300_000
+    body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}],
+            "outputs": [{"name": name}]}
+    res = http.post(f"{server.url}/v2/models/iris_lr/infer", json=body, timeout=30)
+    error = assert_error(res, 400, "requested output", "bytes cut")
+    assert len(error) < 2000, len(error)
+    request = service_pb2.ModelInferRequest(model_name="iris_lr")
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([5.1, 3.5, 1.4, 0.2])
+    request.outputs.add(name=name)
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.ModelInfer(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "requested output" in err.value.details() and len(err.value.details()) < 2000

@@ -63,15 +63,38 @@ impl ServerError {
     }
 }
 
+/// Longest error message sent to a client, in bytes. Messages quote what the client sent
+/// (names, keys, values); a megabyte-long name must not come back whole, and over gRPC it would
+/// not even fit the metadata a status travels in.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+impl ServerError {
+    /// The message as a client receives it: cut after [`MAX_MESSAGE_BYTES`], saying so.
+    pub fn client_message(&self) -> String {
+        let mut message = self.to_string();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let cut = (0..=MAX_MESSAGE_BYTES)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
+            let dropped = message.len() - cut;
+            message.truncate(cut);
+            message.push_str(&format!("… ({dropped} more bytes cut)"));
+        }
+        message
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let message = self.client_message();
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+            tracing::warn!(status = status.as_u16(), error = %message, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+            tracing::debug!(status = status.as_u16(), error = %message, "request rejected");
         }
-        let body = serde_json::json!({ "error": self.to_string() });
+        let body = serde_json::json!({ "error": message });
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(self, ServerError::Overloaded(_) | ServerError::Busy(_)) {
             response
@@ -84,7 +107,7 @@ impl IntoResponse for ServerError {
 
 impl From<ServerError> for tonic::Status {
     fn from(err: ServerError) -> tonic::Status {
-        let message = err.to_string();
+        let message = err.client_message();
         match err.status() {
             StatusCode::BAD_REQUEST => tonic::Status::invalid_argument(message),
             StatusCode::NOT_FOUND => tonic::Status::not_found(message),
@@ -102,3 +125,19 @@ impl From<ServerError> for tonic::Status {
 
 /// Shorthand for results of request handling.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_saying_how_much() {
+        let name = "é".repeat(100_000);
+        let message = ServerError::NotFound(format!("no model '{name}'")).client_message();
+        assert!(message.len() < MAX_MESSAGE_BYTES + 40, "{}", message.len());
+        assert!(message.starts_with("no model 'éé"), "{message}");
+        assert!(message.ends_with("more bytes cut)"), "{message}");
+        let short = ServerError::NotFound("no model 'x'".into()).client_message();
+        assert_eq!(short, "no model 'x'");
+    }
+}
