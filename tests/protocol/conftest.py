@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import requests
 
-from support import MODELS, REPO, ROOT, ServalServer, serval_bin
+from support import MODELS, REPO, ROOT, serval_bin, serving
 
 LIMITED_MAX_BODY_BYTES = 10_000
 LIMITED_MAX_INSTANCES = 50
@@ -19,14 +19,10 @@ LIMITED_MAX_INSTANCES = 50
 
 def _serve(*args: str):
     try:
-        server = ServalServer(*args)
-    except RuntimeError as err:
+        with serving(*args, stop_timeout=10.0) as server:
+            yield server
+    except RuntimeError as err:  # it did not start
         pytest.fail(str(err), pytrace=False)
-    yield server
-    alive_before_stop = server.alive()
-    code = server.terminate(timeout=10.0)
-    assert alive_before_stop, f"serval died during the tests:\n{server.stderr_text()}"
-    assert code == 0, f"serval exited with {code} after SIGTERM:\n{server.stderr_text()}"
 
 
 @pytest.fixture(scope="session")

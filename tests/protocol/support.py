@@ -155,6 +155,35 @@ def assert_error(response: requests.Response, status: int, *needles: str) -> str
     return body["error"]
 
 
+def serve_command(repo: Path, *extra_args: str, http_port: int = 0) -> list[str]:
+    """`serval serve` on loopback, the gRPC port picked by the OS."""
+    binary = serval_bin()
+    if not binary.is_file():
+        raise RuntimeError(f"{binary} does not exist: run `cargo build -p serval-cli` or set SERVAL_BIN")
+    return [str(binary), "serve", str(repo), "--host", "127.0.0.1", "--http-port", str(http_port),
+            "--grpc-port", "0", *extra_args]
+
+
+def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SERVAL_LOG", "warn")
+    env.update(extra or {})
+    return env
+
+
+def start_fails(*extra_args: str, repo: Path = REPO, timeout: float = 60.0) -> str:
+    """`serval serve` with `extra_args` must exit non-zero instead of serving: its stderr and
+    stdout, for the test to check what they name."""
+    try:
+        res = subprocess.run(serve_command(repo, *extra_args), cwd=ROOT, env=serve_env(),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serval serve {' '.join(extra_args)} was still running after {timeout} s") from None
+    output = res.stderr + res.stdout
+    assert res.returncode != 0, f"serval serve {' '.join(extra_args)} exited 0:\n{output[-4000:]}"
+    return output
+
+
 _LISTENING = re.compile(r"serval listening http=(\S+):(\d+) grpc=(\S+):(\d+)")
 
 
@@ -168,37 +197,27 @@ class ServalServer:
         start_timeout: float = 60.0,
         wait_ready: bool = True,
         http_port: int = 0,
+        env: dict[str, str] | None = None,
+        scheme: str = "http",
+        probe: dict | None = None,
     ):
         """Starts the server; waits for `/v2/health/ready`, or with `wait_ready=False` only for
         the ports (models are loaded before serval announces them). `http_port` 0 lets the OS
-        pick; a fixed one lets a client find a restarted server where it was."""
-        binary = serval_bin()
-        if not binary.is_file():
-            raise RuntimeError(
-                f"{binary} does not exist: run `cargo build -p serval-cli` or set SERVAL_BIN"
-            )
-        self.args = [
-            str(binary),
-            "serve",
-            str(repo),
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            "0",
-            *extra_args,
-        ]
+        pick; a fixed one lets a client find a restarted server where it was. `env` adds to the
+        environment (`SERVAL_LOG` is `warn` unless set); `scheme` is `https` for a server with
+        --tls-cert, and `probe` holds what the readiness request needs besides (keyword
+        arguments of `requests.get`: `verify`, `cert`, `headers`)."""
+        self.scheme = scheme
+        self._probe = probe or {}
+        self.args = serve_command(repo, *extra_args, http_port=http_port)
         self.stderr = tempfile.TemporaryFile()
-        env = dict(os.environ)
-        env.setdefault("SERVAL_LOG", "warn")
         self.proc = subprocess.Popen(
             self.args,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=env,
+            env=serve_env(env),
             text=True,
         )
         self.stdout_lines: list[str] = []
@@ -230,7 +249,7 @@ class ServalServer:
         assert self.http_host == "127.0.0.1" and self.grpc_host == "127.0.0.1", self.stdout_lines
         while wait_ready:
             try:
-                r = requests.get(f"{self.url}/v2/health/ready", timeout=2)
+                r = requests.get(f"{self.url}/v2/health/ready", timeout=2, **self._probe)
                 if r.status_code == 200 and r.json() == {"ready": True}:
                     return
             except requests.ConnectionError:
@@ -243,7 +262,7 @@ class ServalServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def http_addr(self) -> str:
@@ -274,6 +293,66 @@ class ServalServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def serving(*extra_args: str, stop_timeout: float = 40.0, **kwargs):
+    """A `ServalServer` for a `with` block. At its end the server must still be running, and
+    SIGTERM must stop it with exit code 0 within `stop_timeout`; if the block raised, it is
+    killed instead."""
+    server = ServalServer(*extra_args, **kwargs)
+    try:
+        yield server
+    except BaseException:
+        server.kill()
+        raise
+    alive_before_stop = server.alive()
+    code = server.terminate(timeout=stop_timeout)
+    assert alive_before_stop, f"serval died during the test:\n{server.stderr_text()}"
+    assert code == 0, f"serval exited with {code} after SIGTERM:\n{server.stderr_text()}"
+
+
+IRIS = "iris_lr"
+
+
+def small_repo(dest: Path, model: str = IRIS) -> Path:
+    """A repository of one model under `dest` (quick to load)."""
+    repo = dest / "repo"
+    shutil.copytree(REPO / model, repo / model)
+    return repo
+
+
+def v2_infer(url: str, model: str = IRIS, rows=(0,), **kwargs) -> requests.Response:
+    """POSTs golden rows to `{url}/v2/models/{model}/infer` as JSON; `kwargs` go to
+    `requests.post` (headers, verify, cert, timeout)."""
+    x = features(model, rows)
+    body = {"inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}
+    kwargs.setdefault("timeout", 30)
+    return requests.post(f"{url}/v2/models/{model}/infer", json=body, **kwargs)
+
+
+def v2_outputs(body: dict) -> dict[str, np.ndarray]:
+    """Output name -> array, from a v2 REST (JSON) inference response body."""
+    return {o["name"]: np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else None).reshape(o["shape"])
+            for o in body["outputs"]}
+
+
+def assert_v2_answer(response: requests.Response, model: str = IRIS, rows=(0,)):
+    """A 200 from `v2_infer` whose outputs match the goldens."""
+    assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
+    assert_outputs_match(model, v2_outputs(response.json()), rows=rows)
+
+
+def triton_infer(client, module, model: str = IRIS, rows=(0,), **kwargs):
+    """One inference of golden rows through a `tritonclient.http` or `tritonclient.grpc`
+    client (`module` is the package the client comes from), checked against the goldens;
+    `kwargs` go to `client.infer` (headers, client_timeout)."""
+    x = features(model, rows)
+    inp = module.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(model, [inp], **kwargs)
+    assert_outputs_match(model, {name: result.as_numpy(name) for name in golden_outputs(model)}, rows=rows)
 
 
 def free_port() -> int:

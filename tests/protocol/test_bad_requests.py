@@ -14,7 +14,7 @@ import requests
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from conftest import LIMITED_MAX_BODY_BYTES, LIMITED_MAX_INSTANCES
-from support import assert_error, assert_outputs_match, features, golden_keys
+from support import assert_error, assert_outputs_match, features, golden_keys, v2_outputs
 
 MODEL = "iris_lr"
 HUGE = 9223372036854775807  # i64::MAX
@@ -65,10 +65,7 @@ def check_serves(server):
         timeout=10,
     )
     assert r.status_code == 200, r.text
-    out = {
-        o["name"]: np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else None).reshape(o["shape"])
-        for o in r.json()["outputs"]
-    }
+    out = v2_outputs(r.json())
     assert list(out["key"]) == keys
     assert_outputs_match(MODEL, out, rows=rows)
     r = requests.post(

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve every model of a repository over TF Serving REST, Open Inference Protocol v2 REST and gRPC.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Predict JSON Lines or CSV instances in-process (the prediction-library mode).
     Predict(predict::PredictArgs),
     /// List, load or unload models on a running server (Triton's repository API).
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse_from(spelled_commands(std::env::args_os()));
     let res = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Predict(args) => predict::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Models(command) => models::run(command),

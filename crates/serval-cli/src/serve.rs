@@ -45,7 +45,8 @@ pub struct ServeArgs {
     /// Seconds between repository re-scans (file notifications also trigger one); 0 never reloads.
     #[arg(long, env = "SERVAL_POLL_INTERVAL_SECS", default_value_t = 2.0)]
     poll_interval_secs: f64,
-    /// Requests handled at once across all models (429 beyond, before their bodies are read).
+    /// Requests handled at once across all models (429 beyond); a request takes its place once
+    /// its body is in, so a client sending slowly holds only its connection.
     #[arg(long, env = "SERVAL_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     max_concurrent_requests: usize,
     /// Per-request deadline in milliseconds, queueing included (504 beyond).
@@ -67,6 +68,161 @@ pub struct ServeArgs {
     strict_readiness: bool,
     #[command(flatten)]
     log: PredictionLogArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
+/// Connections: TLS, tokens, limits and the timeouts that close stalled clients.
+#[derive(clap::Args)]
+pub struct TransportArgs {
+    /// TLS certificate chain (PEM) for both ports; re-read when the file changes, so a renewed
+    /// certificate needs no restart.
+    #[arg(
+        long,
+        env = "SERVAL_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SERVAL_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM), on both ports: mutual TLS.
+    #[arg(
+        long,
+        env = "SERVAL_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens clients must send (`Authorization: Bearer <token>`, the same in gRPC
+    /// metadata): one per line, `<token> <scope>[,<scope>...] [<name>]`, scopes `infer`,
+    /// `labels`, `admin`, `metrics`, `pages`. Without it every request is let in.
+    #[arg(long, env = "SERVAL_AUTH_TOKENS", value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
+    /// With --auth-tokens: the endpoint classes open without a token (`health`, `metrics`,
+    /// `pages`, or `none`).
+    #[arg(long, env = "SERVAL_AUTH_OPEN", default_value = "health,metrics")]
+    auth_open: String,
+    /// Open connections per port; a connection beyond it is closed at once.
+    #[arg(long, env = "SERVAL_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds for a TLS handshake and for each HTTP request head; on HTTP/1.1 it also closes a
+    /// keep-alive connection that sends no next request in that time (Kestrel's 30 s).
+    #[arg(long, env = "SERVAL_HEADER_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    header_read_timeout_secs: f64,
+    /// A request body slower than this on average, after the grace period, is refused with 408
+    /// (Kestrel's 240 bytes/s); 0 sets no minimum.
+    #[arg(
+        long,
+        env = "SERVAL_BODY_MIN_RATE",
+        default_value_t = 240,
+        value_name = "BYTES_PER_SEC"
+    )]
+    body_min_rate: u64,
+    /// Seconds every request body gets before --body-min-rate applies.
+    #[arg(long, env = "SERVAL_BODY_READ_GRACE_SECS", default_value_t = 5.0)]
+    body_read_grace_secs: f64,
+    /// Seconds without a byte either way after which a connection is closed (both ports); must
+    /// exceed the request timeout.
+    #[arg(long, env = "SERVAL_IDLE_TIMEOUT_SECS", default_value_t = 120.0)]
+    idle_timeout_secs: f64,
+    /// gRPC: seconds between HTTP/2 pings on a quiet connection.
+    #[arg(
+        long,
+        env = "SERVAL_HTTP2_KEEPALIVE_INTERVAL_SECS",
+        default_value_t = 60.0
+    )]
+    http2_keepalive_interval_secs: f64,
+    /// gRPC: seconds a ping's answer may take before the connection is dropped.
+    #[arg(
+        long,
+        env = "SERVAL_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 20.0
+    )]
+    http2_keepalive_timeout_secs: f64,
+    /// gRPC: calls open at once on one connection.
+    #[arg(long, env = "SERVAL_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    max_concurrent_streams: u32,
+}
+
+impl TransportArgs {
+    fn config(
+        &self,
+        request_timeout: Duration,
+    ) -> anyhow::Result<serval_server::transport::TransportConfig> {
+        let idle_timeout = seconds(self.idle_timeout_secs, "--idle-timeout-secs")?;
+        anyhow::ensure!(
+            idle_timeout > request_timeout,
+            "--idle-timeout-secs ({} s) must exceed the request timeout ({} s): a connection \
+             waiting for its answer moves no byte",
+            idle_timeout.as_secs_f64(),
+            request_timeout.as_secs_f64()
+        );
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_streams > 0,
+            "--max-concurrent-streams must be at least 1"
+        );
+        Ok(serval_server::transport::TransportConfig {
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(serval_server::transport::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            max_connections: self.max_connections,
+            header_read_timeout: seconds(
+                self.header_read_timeout_secs,
+                "--header-read-timeout-secs",
+            )?,
+            idle_timeout,
+            http2_keepalive_interval: seconds(
+                self.http2_keepalive_interval_secs,
+                "--http2-keepalive-interval-secs",
+            )?,
+            http2_keepalive_timeout: seconds(
+                self.http2_keepalive_timeout_secs,
+                "--http2-keepalive-timeout-secs",
+            )?,
+            max_concurrent_streams: self.max_concurrent_streams,
+        })
+    }
+
+    fn body_rate(&self) -> anyhow::Result<serval_server::pipeline::BodyRate> {
+        Ok(serval_server::pipeline::BodyRate {
+            min_bytes_per_sec: self.body_min_rate,
+            grace: seconds(self.body_read_grace_secs, "--body-read-grace-secs")?,
+        })
+    }
+
+    fn auth(&self) -> anyhow::Result<Option<Arc<serval_server::auth::AuthTokens>>> {
+        use serval_server::auth::{AccessSet, AuthTokens};
+        let Some(path) = &self.auth_tokens else {
+            return Ok(None);
+        };
+        let open = AccessSet::parse(&self.auth_open, "--auth-open class")
+            .map_err(|e| anyhow::anyhow!("--auth-open: {e}"))?;
+        Ok(Some(Arc::new(AuthTokens::from_file(path, open)?)))
+    }
+}
+
+/// A positive, finite number of seconds from a flag.
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => anyhow::bail!("{flag} must be a positive, finite number of seconds, got {value}"),
+    }
 }
 
 /// Where and how predictions are logged.
@@ -166,6 +322,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?,
         )),
     };
+    let request_timeout = Duration::from_millis(args.request_timeout_ms);
     let mut config = ServerConfig {
         http_addr: SocketAddr::new(args.host, args.http_port),
         grpc_addr: SocketAddr::new(args.host, args.grpc_port),
@@ -174,8 +331,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_instances: args.max_instances,
             max_concurrent_requests: args.max_concurrent_requests,
+            body_rate: args.transport.body_rate()?,
         },
-        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        request_timeout,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(
@@ -193,6 +351,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         strict_readiness: args.strict_readiness,
         prediction_log: args.log.options(args.repository.cache_dir.as_deref())?,
         pages: None,
+        transport: args.transport.config(request_timeout)?,
+        auth: args.transport.auth()?,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.io_threads {

@@ -33,9 +33,16 @@ pub enum ServerError {
     /// The request needs a feature this server was started without.
     #[error("{0}")]
     NotEnabled(String),
-    /// The request may not do this (a cross-origin page changing the server's state).
+    /// The request may not do this (a cross-origin page changing the server's state, a token
+    /// without the scope).
     #[error("{0}")]
     Forbidden(String),
+    /// The request carries no valid token, and the endpoint needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The request body arrived too slowly (client's fault, or a slowloris).
+    #[error("{0}")]
+    SlowBody(String),
 }
 
 impl ServerError {
@@ -59,6 +66,8 @@ impl ServerError {
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServerError::NotEnabled(_) => StatusCode::NOT_IMPLEMENTED,
             ServerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ServerError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -101,6 +110,12 @@ impl IntoResponse for ServerError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if matches!(self, ServerError::Unauthenticated(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"serval\""),
+            );
+        }
         response
     }
 }
@@ -118,6 +133,8 @@ impl From<ServerError> for tonic::Status {
             StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(message),
             StatusCode::NOT_IMPLEMENTED => tonic::Status::unimplemented(message),
             StatusCode::FORBIDDEN => tonic::Status::permission_denied(message),
+            StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(message),
+            StatusCode::REQUEST_TIMEOUT => tonic::Status::deadline_exceeded(message),
             _ => tonic::Status::internal(message),
         }
     }

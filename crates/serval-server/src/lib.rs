@@ -12,6 +12,7 @@ use std::time::Duration;
 use serval_core::ModelRepository;
 use tokio::net::TcpListener;
 
+pub mod auth;
 pub mod batcher;
 pub mod codec;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod precomputed;
 pub mod store;
+pub mod transport;
 pub mod watch;
 
 /// Where and how to serve.
@@ -51,6 +53,10 @@ pub struct ServerConfig {
     /// Pages served beside the API on the HTTP port (the evaluation dashboard): routes with
     /// their own state, and no fallback.
     pub pages: Option<axum::Router>,
+    /// Connection limits, timeouts and TLS, on both ports.
+    pub transport: transport::TransportConfig,
+    /// The tokens requests must carry (REST and gRPC); `None` lets every request in.
+    pub auth: Option<Arc<auth::AuthTokens>>,
 }
 
 /// Loads every model, then serves until `shutdown` resolves; in-flight requests finish first.
@@ -96,9 +102,19 @@ pub async fn serve(
     let state = Arc::new(http::RestState {
         pipeline: pipeline.clone(),
         metrics: config.metrics_addr.is_none().then(|| handle.clone()),
+        auth: config.auth.clone(),
     });
-    let http_listener = bind(config.http_addr).await?;
-    let grpc_listener = bind(config.grpc_addr).await?;
+    let transport = &config.transport;
+    let http_listener = transport::Listener::new(
+        bind(config.http_addr).await?,
+        transport::Protocol::Http1,
+        transport,
+    )?;
+    let grpc_listener = transport::Listener::new(
+        bind(config.grpc_addr).await?,
+        transport::Protocol::Http2,
+        transport,
+    )?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -132,12 +148,19 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&stop| stop).await;
     };
-    let http_server = axum::serve(
+    let http_server = serve_http(
         http_listener,
-        http::router(state, config.pages).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        http::router(state, config.pages),
+        transport.header_read_timeout,
+        stopped(stop_rx.clone()),
+    );
     let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(transport.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
+        .max_concurrent_streams(transport.max_concurrent_streams)
+        // A call whose message trickles in is cut like a slow REST body; the request's own
+        // deadline (which starts once the message is in) fires first otherwise.
+        .timeout(transport.header_read_timeout + config.request_timeout)
         .trace_fn(|request| {
             let client = request
                 .extensions()
@@ -146,11 +169,13 @@ pub async fn serve(
             tracing::info_span!(
                 "grpc",
                 client = client.map(tracing::field::display),
-                path = %request.uri().path()
+                path = %request.uri().path(),
+                token = tracing::field::Empty,
             )
         })
+        .layer(auth::GrpcAuthLayer(config.auth.clone()))
         .add_service(grpc::InferenceService::server(pipeline))
-        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(grpc_listener.incoming(), stopped(stop_rx.clone()));
     let metrics_server = async {
         match metrics_listener {
             Some(listener) => {
@@ -218,6 +243,9 @@ pub enum ServeError {
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -226,13 +254,57 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-fn local(listener: &TcpListener) -> String {
+fn local(listener: &transport::Listener) -> String {
     listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string())
 }
 
-/// Adapts a tokio listener to the stream of connections tonic accepts.
-fn tokio_stream_from(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
+/// Serves HTTP/1.1 on each accepted connection until `stop`, then lets the open ones finish
+/// their requests. hyper's own builder rather than `axum::serve`, for the header timeout.
+async fn serve_http(
+    listener: transport::Listener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use futures::StreamExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    // Boxed, so that dropping it below does drop it.
+    let mut incoming = Box::pin(listener.incoming());
+    tokio::pin!(stop);
+    loop {
+        let connection = tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(connection)) => connection,
+                Some(Err(_)) | None => break,
+            },
+            () = &mut stop => break,
+        };
+        let client = connection.remote_addr();
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(client));
+                tower_service::Service::call(&mut router.clone(), request)
+            },
+        );
+        let served = graceful
+            .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(connection), service));
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(%client, error = %e, "connection closed");
+            }
+        });
+    }
+    // Dropping the stream stops the accept loop, which closes the listening socket.
+    drop(incoming);
+    graceful.shutdown().await;
+    Ok(())
 }

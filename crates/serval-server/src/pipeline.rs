@@ -29,8 +29,43 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most instances accepted in one request (413 beyond).
     pub max_instances: usize,
-    /// Requests handled at once across all models and protocols (429 beyond, before reading them).
+    /// Requests handled at once across all models and protocols (429 beyond).
     pub max_concurrent_requests: usize,
+    /// How slowly a request body may arrive (408 below).
+    pub body_rate: BodyRate,
+}
+
+/// The slowest a request body may arrive, as Kestrel's `MinRequestBodyDataRate` states it:
+/// after a grace period, the average rate since the body began must stay above a minimum. A
+/// client trickling a body in holds its connection only that long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRate {
+    /// Bytes per second, on average since the body began.
+    pub min_bytes_per_sec: u64,
+    /// Time every body gets before the rate is checked.
+    pub grace: Duration,
+}
+
+impl Default for BodyRate {
+    /// Kestrel's: 240 bytes/s after 5 s.
+    fn default() -> Self {
+        Self {
+            min_bytes_per_sec: 240,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BodyRate {
+    /// How long after the body began the next bytes may come, `received` bytes in.
+    pub fn allowed(&self, received: usize) -> Duration {
+        // No minimum: a year stands for never (an `Instant` plus `Duration::MAX` overflows).
+        let earned = match self.min_bytes_per_sec {
+            0 => Duration::from_secs(365 * 24 * 3600),
+            rate => Duration::from_secs_f64(received as f64 / rate as f64),
+        };
+        self.grace.max(earned)
+    }
 }
 
 impl Limits {
@@ -187,10 +222,15 @@ impl Pipeline {
         self.store.ready(self.strict_readiness)
     }
 
+    /// Whether every place under the in-flight limit is taken: front ends refuse a request
+    /// before reading its body then, so overload is shed before it costs memory or parsing.
+    pub fn is_saturated(&self) -> bool {
+        self.in_flight.available_permits() == 0
+    }
+
     /// Admits one more request into the server, or refuses at once when the limit is reached.
-    ///
-    /// Front ends call this before reading a request body, so overload is shed before it costs
-    /// memory or parsing time; the permit is held until the response is ready.
+    /// Front ends call this once the request is read; the permit is held until the response
+    /// is ready.
     pub fn try_admit(&self) -> Result<OwnedSemaphorePermit> {
         self.in_flight
             .clone()

@@ -26,6 +26,8 @@ pub struct RestState {
     pub pipeline: Pipeline,
     /// Renders `/metrics`; `None` when metrics are served on their own port.
     pub metrics: Option<PrometheusHandle>,
+    /// The tokens requests must carry; `None` lets every request in.
+    pub auth: Option<std::sync::Arc<crate::auth::AuthTokens>>,
 }
 
 /// The whole REST API, and `pages` beside it.
@@ -37,8 +39,12 @@ pub fn router(state: AppState, pages: Option<Router>) -> Router {
         .with_state(state.clone())
         .merge(pages.unwrap_or_default())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state, shed_load))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
         .layer(axum::middleware::from_fn(refuse_cross_origin_changes))
+        .layer(axum::middleware::from_fn_with_state(state, authorize))
         .layer(axum::middleware::from_fn(trace_client))
 }
 
@@ -55,6 +61,7 @@ async fn trace_client(request: axum::extract::Request, next: axum::middleware::N
         client = client.map(tracing::field::display),
         method = %request.method(),
         path = %request.uri().path(),
+        token = tracing::field::Empty,
     );
     async move {
         let response = next.run(request).await;
@@ -63,6 +70,32 @@ async fn trace_client(request: axum::extract::Request, next: axum::middleware::N
     }
     .instrument(span)
     .await
+}
+
+/// Lets a request in only with a token whose scopes cover its path (when the server has
+/// tokens), before anything else reads it; the token's name goes into the request's span.
+async fn authorize(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = &state.auth else {
+        return next.run(request).await;
+    };
+    let access = crate::auth::Access::of_rest(request.uri().path());
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match tokens.authorize(access, header) {
+        Ok(name) => {
+            if let Some(name) = name {
+                tracing::Span::current().record("token", name);
+            }
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Refuses requests that change the server's state (load and unload, ground truth, reported
@@ -100,20 +133,19 @@ fn foreign_origin(headers: &HeaderMap) -> Option<String> {
     (!same).then(|| origin.chars().take(100).collect())
 }
 
-/// Refuses POSTs beyond the server's in-flight limit with 429 before their bodies are read;
-/// health, metadata and metrics (GETs) always answer, so probes see the truth under overload.
+/// Refuses POSTs with 429 before their bodies are read while the server already handles as many
+/// requests as it may; health, metadata and metrics (GETs) always answer, so probes see the
+/// truth under overload. The place itself is taken once the body is in ([`read_admitted_body`]):
+/// a client sending its body slowly holds a connection, not one of the places.
 async fn shed_load(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.method() != axum::http::Method::POST {
-        return next.run(request).await;
+    if request.method() == axum::http::Method::POST && state.pipeline.is_saturated() {
+        return ServerError::Busy(state.pipeline.limits().max_concurrent_requests).into_response();
     }
-    match state.pipeline.try_admit() {
-        Ok(_permit) => next.run(request).await,
-        Err(err) => err.into_response(),
-    }
+    next.run(request).await
 }
 
 /// A router serving only `/metrics`, for a dedicated metrics port.
@@ -136,11 +168,23 @@ async fn not_found(uri: axum::http::Uri) -> ServerError {
     ServerError::NotFound(format!("no route for {}", uri.path()))
 }
 
-/// Reads the body, refusing more than the limit with 413 before buffering it when possible.
+/// Reads the body, then takes the request's place under the server's in-flight limit (429
+/// when none is left); the place is held while the returned permit lives.
+pub(crate) async fn read_admitted_body(
+    headers: &HeaderMap,
+    body: Body,
+    pipeline: &Pipeline,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit)> {
+    let bytes = read_body(headers, body, pipeline.limits()).await?;
+    Ok((bytes, pipeline.try_admit()?))
+}
+
+/// Reads the body, refusing more than the limit with 413 before buffering it when possible,
+/// and a body arriving slower than the minimum rate with 408.
 ///
 /// Only an over-limit body is a 413: a body that cannot be read (malformed chunked encoding,
 /// a connection error) is a 400.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes> {
+async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes> {
     let too_large = |n: &dyn std::fmt::Display| {
         ServerError::PayloadTooLarge(format!(
             "request body of {n} bytes exceeds the limit of {} bytes",
@@ -155,12 +199,25 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) 
     {
         return Err(too_large(&length));
     }
+    let started = tokio::time::Instant::now();
     let mut body = body;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
-    while let Some(frame) =
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-    {
+    loop {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout_at(started + limits.body_rate.allowed(total), next)
+            .await
+        {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ServerError::SlowBody(format!(
+                    "the request body arrived at less than {} bytes/s ({total} bytes in {:.1} s)",
+                    limits.body_rate.min_bytes_per_sec,
+                    started.elapsed().as_secs_f64()
+                )));
+            }
+        };
         let frame = frame
             .map_err(|e| ServerError::BadRequest(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {

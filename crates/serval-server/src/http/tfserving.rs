@@ -17,7 +17,7 @@ use serval_core::instances::{
     decode_whole,
 };
 
-use super::{AppState, header_timeout, json_ok, parse_json, read_body};
+use super::{AppState, header_timeout, json_ok, parse_json, read_admitted_body};
 use crate::error::{Result, ServerError};
 use crate::pipeline::{Decoded, Limits, RequestOptions, Target};
 use crate::store::{ServedModel, VersionSelector};
@@ -112,7 +112,7 @@ async fn post_labels(
     struct LabelsRequest {
         labels: Vec<Map<String, Value>>,
     }
-    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
     let request: LabelsRequest = parse_json(&bytes)?;
     let mut labels = Vec::with_capacity(request.labels.len());
     for (i, entry) in request.labels.iter().enumerate() {
@@ -201,7 +201,7 @@ async fn post_model(
             )));
         }
     }
-    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
     let options = RequestOptions {
         timeout: header_timeout(&headers)?,
         ..RequestOptions::default()
@@ -518,7 +518,7 @@ async fn classify_or_regress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
     let request: ExamplesRequest = parse_json(&bytes)?;
     state
         .pipeline

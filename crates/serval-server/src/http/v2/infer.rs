@@ -13,7 +13,7 @@ use serval_core::instances::FlatView;
 use super::ModelPath;
 use crate::codec;
 use crate::error::{Result, ServerError};
-use crate::http::{AppState, header_timeout, json_bytes, parse_json, read_body};
+use crate::http::{AppState, header_timeout, json_bytes, parse_json, read_admitted_body};
 use crate::pipeline::{Decoded, RequestOptions, Target, take_key_tensor};
 use crate::store::VersionSelector;
 
@@ -88,7 +88,7 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
     let target = Target {
         model,
         version: VersionSelector::parse(version.as_deref())?,

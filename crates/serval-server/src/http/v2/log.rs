@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ModelPath;
 use crate::error::Result;
-use crate::http::{AppState, json_ok, parse_json, read_body};
+use crate::http::{AppState, json_ok, parse_json, read_admitted_body};
 use crate::pipeline::ReportedPrediction;
 use crate::store::VersionSelector;
 
@@ -31,7 +31,7 @@ pub(super) async fn log(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = read_body(&headers, body, state.pipeline.limits()).await?;
+    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
     let request: LogRequest = parse_json(&bytes)?;
     let version = VersionSelector::parse(version.as_deref())?;
     let accepted = state
