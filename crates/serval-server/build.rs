@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
+        .codec_path("crate::grpc::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

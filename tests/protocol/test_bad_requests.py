@@ -404,6 +404,25 @@ def test_grpc_metadata_errors(grpc_stub):
     assert not ready.ready
 
 
+# A ModelInferRequest field 1 (model_name, a string) that is not UTF-8, one cut off in the middle
+# of its length-prefixed value, and bytes that are no protobuf at all.
+MALFORMED_PROTOBUF = [
+    ("not-utf8", b"\x0a\x02\xff\xfe"),
+    ("truncated", service_pb2.ModelInferRequest(model_name=MODEL).SerializeToString()[:-2]),
+    ("garbage", b"\xff" * 64),
+]
+
+
+@pytest.mark.parametrize("raw", [m[1] for m in MALFORMED_PROTOBUF], ids=[m[0] for m in MALFORMED_PROTOBUF])
+def test_malformed_protobuf_is_invalid_argument(server, raw):
+    with grpc.insecure_channel(server.grpc_addr) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes as they are
+        with pytest.raises(grpc.RpcError) as err:
+            call(raw, timeout=10)
+    assert err.value.code() == INVALID, (err.value.code(), err.value.details())
+    assert "not a valid protobuf message" in err.value.details(), err.value.details()
+
+
 # ---------------------------------------------------------------- limits (second server)
 
 
