@@ -406,9 +406,14 @@ def test_foreign_file_in_output_needs_overwrite(tmp_path):
 # --- a job killed half way ---------------------------------------------------------------------
 
 
+def _staging_dirs(out: Path) -> list[Path]:
+    """A local job's staging directories: hidden siblings of the output, `.<name>.serval-<job>`."""
+    return sorted(out.parent.glob(f".{out.name}.serval-*"))
+
+
 def _kill_mid_write(input_path: Path, out: Path, fmt: str) -> bool:
-    """Starts a slow job (one partition, small batches), SIGKILLs it once a staged file under
-    `<out>/_temporary` holds bytes; False if the job finished first."""
+    """Starts a slow job (one partition, small batches), SIGKILLs it once a staged file holds
+    bytes; False if the job finished first."""
     check_binary()
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(
@@ -418,11 +423,11 @@ def _kill_mid_write(input_path: Path, out: Path, fmt: str) -> bool:
         env=serval_env(),
     )
     try:
-        staging = out / "_temporary"
         deadline = time.monotonic() + 180
         while proc.poll() is None:
             assert time.monotonic() < deadline, "the job never staged any output"
-            if staging.is_dir() and any(p.is_file() and p.stat().st_size > 0 for p in staging.rglob("*")):
+            staged = (p for d in _staging_dirs(out) for p in d.rglob("*"))
+            if any(p.is_file() and p.stat().st_size > 0 for p in staged):
                 break
             time.sleep(0.01)
         if proc.poll() is not None:
@@ -461,13 +466,9 @@ def test_killed_job_leaves_nothing_readable(fmt, copies, big_parquet, medium_tab
         killed = _kill_mid_write(_copies(big_parquet, tmp_path / "in2", 2 * copies), out, fmt)
     assert killed, "the batch job finished before it could be killed, even on twice the rows"
 
-    assert (out / "_temporary").is_dir()
-    assert not (out / "_SUCCESS").exists(), "a killed job wrote _SUCCESS"
-    top = [p.name for p in out.iterdir() if p.name != "_temporary"]
-    assert not top, f"a killed job left files outside _temporary: {top}"
-    # A reader of the directory (skipping _-prefixed paths, as Spark and pyarrow do) sees no rows.
+    assert _staging_dirs(out), "the killed job's staging directory is gone"
+    assert not out.exists(), f"a killed job left an output: {sorted(p.name for p in out.iterdir())}"
     reader_format = "parquet" if fmt == "parquet" else "json"
-    assert ds.dataset(out, format=reader_format).to_table().num_rows == 0
 
     # The staging of the dead job neither blocks a new job nor leaks into its output.
     small = write_parquet(medium_table.slice(0, 1000), tmp_path / "small.parquet")
@@ -475,3 +476,36 @@ def test_killed_job_leaves_nothing_readable(fmt, copies, big_parquet, medium_tab
     assert manifest["rows_out"] == 1000
     assert ds.dataset(out, format=reader_format).to_table().num_rows == 1000
     assert read_output(out, manifest).num_rows == 1000
+    assert not _staging_dirs(out), "the next job did not remove the killed job's staging"
+
+
+COMMIT_STEPS = ["staged", "named", "manifest", "published"]
+
+
+def _complete(out: Path) -> dict:
+    """What a reader of the directory sees, checked to be one whole output: its `_SUCCESS`,
+    exactly the files it names, and as many rows as it says."""
+    manifest = read_manifest(out)
+    data = sorted(p.name for p in out.iterdir() if not p.name.startswith(("_", ".")))
+    assert data == sorted(manifest["files"]), (data, manifest["files"])
+    assert ds.dataset(out, format="parquet").to_table().num_rows == manifest["rows_out"]
+    return manifest
+
+
+@pytest.mark.parametrize("step", COMMIT_STEPS)
+@pytest.mark.parametrize("overwrite", [False, True], ids=["fresh", "overwrite"])
+def test_kill_at_each_commit_step_leaves_a_whole_output_or_none(step, overwrite, medium_table, tmp_path):
+    out = tmp_path / "out"
+    first = batch_ok("--input", EXAMPLE_CSV, "--output", out) if overwrite else None
+    new_input = write_parquet(medium_table.slice(0, 1000), tmp_path / "new.parquet")
+    killed = batch("--input", new_input, "--output", out, "--overwrite", env={"SERVAL_FAULT_POINT": step})
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
+    if step == "published":
+        assert _complete(out)["rows_out"] == 1000, "killed after publishing: the new output"
+    elif overwrite:
+        assert _complete(out) == first, f"killed at '{step}': the previous output must be intact"
+    else:
+        assert not out.exists(), f"killed at '{step}' before publishing, yet {out} exists"
+    again = batch_ok("--input", new_input, "--output", out, "--overwrite")
+    assert _complete(out) == again and again["rows_out"] == 1000
+    assert not _staging_dirs(out), "the next job did not remove what the killed one left"

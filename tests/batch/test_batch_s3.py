@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from batch_support import MODEL, batch, features_of, key_index, make_table, plain_strings, probabilities
 
@@ -92,3 +94,41 @@ def test_s3_missing_input_is_a_clear_error(s3, tmp_path):
     assert res.returncode != 0
     assert "error" in res.stderr.lower() and "nothing/here.parquet" in res.stderr, res.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("step", ["staged", "named", "published"])
+def test_s3_overwrite_killed_at_each_step_keeps_a_whole_output_named_by_success(s3, step):
+    """An object store has no directory to rename: `_SUCCESS` names the complete output at every
+    moment, and `--overwrite` deletes the old files only after the new `_SUCCESS` is in."""
+    client, env, bucket = s3
+    buf = io.BytesIO()
+    pq.write_table(make_table(2000, seed=3), buf)
+    client.put_object(Bucket=bucket, Key=f"kill-{step}/in.parquet", Body=buf.getvalue())
+    source, out = f"s3://{bucket}/kill-{step}/in.parquet", f"s3://{bucket}/kill-{step}/out"
+    prefix = f"kill-{step}/out/"
+
+    def success():
+        return json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}_SUCCESS")["Body"].read())
+
+    def named_rows(manifest):
+        return sum(
+            pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=prefix + f)["Body"].read())).num_rows
+            for f in manifest["files"]
+        )
+
+    assert batch("--input", source, "--output", out, env=env).returncode == 0
+    first = success()
+    killed = batch("--input", source, "--output", out, "--overwrite", env={**env, "SERVAL_FAULT_POINT": step})
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
+    now = success()
+    assert (now == first) == (step != "published"), (step, now, first)
+    assert named_rows(now) == 2000, "a file that _SUCCESS names is missing"
+
+    again = batch("--input", source, "--output", out, "--overwrite", env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    last = success()
+    assert named_rows(last) == 2000
+    listed = list_keys(client, bucket, prefix)
+    assert sorted(listed) == sorted([prefix + f for f in last["files"]] + [f"{prefix}_SUCCESS"]), (
+        "the next job left what the killed one wrote"
+    )

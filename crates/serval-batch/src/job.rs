@@ -2,11 +2,22 @@
 //! `ML.PREDICT(MODEL m, TABLE t)`: every input column (or the key and chosen ones) plus one
 //! column per signature output.
 //!
-//! Output is committed the way Hadoop committers do it: DataFusion writes into
-//! `<output>/_temporary/<job>/` (directories starting with `_` are ignored by DataFusion and
-//! Spark readers), then each file is renamed to `<output>/part-<job>-<n>.<ext>` and the
-//! [`BatchManifest`] is written last as `_SUCCESS`. A crashed job leaves no file that looks
-//! complete: each file is itself written atomically by the object store, and no `_SUCCESS`.
+//! Output is committed so that a reader sees the previous complete output or the new complete
+//! one, never a mix and never part of one, whenever the job is killed:
+//! - On a local file system, DataFusion writes into a hidden sibling of the output directory,
+//!   `.<name>.serval-<job>/`; the files are renamed to `part-<job>-<n>.<ext>`, synced, and the
+//!   [`BatchManifest`] is written there as `_SUCCESS`; then the directory takes the output's
+//!   place in one `rename` (over an existing output, one `renameat2(RENAME_EXCHANGE)`), and the
+//!   old output, now in the sibling, is deleted.
+//! - On an object store, which has no directories to rename, DataFusion writes into
+//!   `<output>/_temporary/<job>/` (ignored by DataFusion and Spark readers), the files are
+//!   renamed to `part-<job>-<n>.<ext>` beside the old ones, the new `_SUCCESS` replaces the old
+//!   in one put, and only then are the old files deleted: `_SUCCESS` names the complete output
+//!   at every moment (as Hadoop's committers' readers require), and `--overwrite` destroys
+//!   nothing before the new output is complete.
+//!
+//! The next job on the same output deletes what a killed one left (staging directories, and
+//! on object stores parts that no `_SUCCESS` names). One job per output at a time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -345,11 +356,9 @@ impl BatchRun {
         let clock = Instant::now();
         let job_id = uuid::Uuid::now_v7().simple().to_string();
         let out = Output::open(&self.ctx, &self.job.output)?;
+        out.remove_stale().await;
         out.check_empty(self.job.overwrite).await?;
-        let staging = format!(
-            "{}/_temporary/{job_id}/",
-            self.job.output.trim_end_matches('/')
-        );
+        let staging = out.staging_url(&job_id)?;
         let options = DataFrameWriteOptions::new();
         let written = match self.job.format {
             FileFormat::Parquet => self.plan.write_parquet(&staging, options, None).await,
@@ -363,6 +372,7 @@ impl BatchRun {
                 return Err(e.into());
             }
         };
+        fault_point("staged");
         let rows_out = written
             .first()
             .and_then(|b| {
@@ -371,10 +381,8 @@ impl BatchRun {
                     .downcast_ref::<datafusion::arrow::array::UInt64Array>()
             })
             .map_or(0, |c| c.value(0));
-        let files = out
-            .commit(&job_id, self.job.format, self.job.overwrite)
-            .await?;
-        out.remove_local_staging(&job_id);
+        let files = out.name_parts(&job_id, self.job.format).await?;
+        fault_point("named");
         let manifest = BatchManifest {
             model: self.model.name().to_owned(),
             version: self.model.version(),
@@ -389,7 +397,7 @@ impl BatchRun {
             started_at,
             finished_at: now_rfc3339(),
         };
-        out.write_manifest(&manifest).await?;
+        out.publish(&job_id, &manifest).await?;
         tracing::debug!(
             seconds = clock.elapsed().as_secs_f64(),
             "batch job committed"
@@ -666,6 +674,19 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Kills the process here when `SERVAL_FAULT_POINT` names this step of the commit: how the
+/// tests check what a reader sees after a `kill -9` at each step.
+fn fault_point(step: &str) {
+    if std::env::var("SERVAL_FAULT_POINT").is_ok_and(|point| point == step) {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on this process's own id has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
+}
+
 /// The output location as an object store and prefix (local directories included).
 struct Output {
     location: String,
@@ -673,6 +694,13 @@ struct Output {
     prefix: ObjectPath,
     /// The directory, when the output is on the local file system.
     local_dir: Option<std::path::PathBuf>,
+}
+
+/// Where a local job stages: `.<name>.serval-<job>` beside the output directory, on the same
+/// file system so that one rename publishes it.
+fn local_staging(dir: &std::path::Path, job_id: &str) -> Option<std::path::PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    Some(dir.with_file_name(format!(".{name}.serval-{job_id}")))
 }
 
 impl Output {
@@ -698,6 +726,37 @@ impl Output {
         }
     }
 
+    fn io_error(&self, step: &'static str) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
+        move |source| BatchError::Commit {
+            location: self.location.clone(),
+            step,
+            source,
+        }
+    }
+
+    /// Where DataFusion writes the job's files.
+    fn staging_url(&self, job_id: &str) -> Result<String, BatchError> {
+        match &self.local_dir {
+            Some(dir) => {
+                let staging = local_staging(dir, job_id).ok_or_else(|| {
+                    BatchError::Invalid(format!(
+                        "output '{}' must name a directory below the file system's root",
+                        self.location
+                    ))
+                })?;
+                Ok(format!("{}/", staging.display()))
+            }
+            None => Ok(format!(
+                "{}/_temporary/{job_id}/",
+                self.location.trim_end_matches('/')
+            )),
+        }
+    }
+
+    fn object_staging(&self, job_id: &str) -> ObjectPath {
+        self.prefix.clone().join("_temporary").join(job_id)
+    }
+
     /// Top-level files (not `_temporary/`), by path.
     async fn files(&self) -> Result<Vec<ObjectPath>, BatchError> {
         let listing = self.store.list_with_delimiter(Some(&self.prefix)).await;
@@ -708,95 +767,235 @@ impl Output {
         }
     }
 
+    async fn list(&self, prefix: &ObjectPath) -> Vec<ObjectPath> {
+        self.store
+            .list(Some(prefix))
+            .map_ok(|o| o.location)
+            .try_collect()
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn manifest(&self) -> Option<BatchManifest> {
+        let path = self.prefix.clone().join(MANIFEST_FILE);
+        let bytes = self.store.get(&path).await.ok()?.bytes().await.ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Deletes what killed jobs left (best effort, each deletion logged): local staging
+    /// directories beside the output; on object stores, `_temporary/` and the parts that the
+    /// current `_SUCCESS` does not name (renamed into place before their job's manifest).
+    async fn remove_stale(&self) {
+        if let Some(dir) = &self.local_dir {
+            let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+                return;
+            };
+            let ours = format!(".{}.serval-", name.to_string_lossy());
+            let stale = std::fs::read_dir(parent)
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(&ours))
+                .map(|entry| entry.path())
+                .chain(Some(dir.join("_temporary")).filter(|p| p.exists()));
+            for path in stale {
+                tracing::info!(path = %path.display(), "removing what an earlier killed job left");
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove it");
+                }
+            }
+            return;
+        }
+        let mut stale = self.list(&self.prefix.clone().join("_temporary")).await;
+        if let Some(manifest) = self.manifest().await {
+            let named: Vec<ObjectPath> = manifest
+                .files
+                .iter()
+                .map(|f| self.prefix.clone().join(f.as_str()))
+                .collect();
+            stale.extend(
+                self.files()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| {
+                        p.filename().is_some_and(|f| f.starts_with("part-")) && !named.contains(p)
+                    }),
+            );
+        }
+        for path in stale {
+            tracing::info!(%path, "removing what an earlier killed job left");
+            if let Err(e) = self.store.delete(&path).await {
+                tracing::warn!(%path, error = %e, "cannot remove it");
+            }
+        }
+    }
+
     async fn check_empty(&self, overwrite: bool) -> Result<(), BatchError> {
         let files = self.files().await?;
         if files.is_empty() || overwrite {
             return Ok(());
         }
+        let complete = files.iter().any(|f| f.filename() == Some(MANIFEST_FILE));
         Err(BatchError::Invalid(format!(
-            "output '{}' already holds {} file(s); pass --overwrite to replace them",
+            "output '{}' already holds {} file(s){}; pass --overwrite to replace them",
             self.location,
-            files.len()
+            files.len(),
+            if complete {
+                ""
+            } else {
+                " and no _SUCCESS (not a complete Serval output)"
+            }
         )))
     }
 
-    /// Moves the staged files into place under their final names, after removing the old
-    /// output (manifest first, so no reader sees a manifest naming missing files).
-    async fn commit(
+    /// Gives the staged files their final names, `part-<job>-<n>.<ext>`: inside the local
+    /// staging directory, or beside the current output on an object store.
+    async fn name_parts(
         &self,
         job_id: &str,
         format: FileFormat,
-        overwrite: bool,
     ) -> Result<Vec<String>, BatchError> {
-        let staging = self.prefix.clone().join("_temporary").join(job_id);
-        let mut staged: Vec<ObjectPath> = self
-            .store
-            .list(Some(&staging))
-            .map_ok(|o| o.location)
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
-        staged.sort();
-        if overwrite {
-            let manifest = self.prefix.clone().join(MANIFEST_FILE);
-            match self.store.delete(&manifest).await {
-                Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(e)),
-            }
-            for old in self.files().await? {
-                self.store.delete(&old).await.map_err(|e| self.error(e))?;
-            }
-        }
         let short = &job_id[job_id.len().saturating_sub(8)..];
+        let name = |n: usize| format!("part-{short}-{n:05}.{}", format.extension());
+        if let Some(dir) = &self.local_dir {
+            let staging = local_staging(dir, job_id).unwrap_or_default();
+            let mut staged: Vec<std::path::PathBuf> = std::fs::read_dir(&staging)
+                .map_err(self.io_error("listing the staged files"))?
+                .map(|entry| entry.map(|e| e.path()))
+                .collect::<Result<_, _>>()
+                .map_err(self.io_error("listing the staged files"))?;
+            staged.sort();
+            let mut names = Vec::with_capacity(staged.len());
+            for (n, from) in staged.iter().enumerate() {
+                let to = staging.join(name(n));
+                std::fs::rename(from, &to).map_err(self.io_error("naming a staged file"))?;
+                // Durable before the rename that publishes them, not only visible.
+                std::fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(self.io_error("syncing a staged file"))?;
+                names.push(name(n));
+            }
+            return Ok(names);
+        }
+        let mut staged = self.list(&self.object_staging(job_id)).await;
+        staged.sort();
         let mut names = Vec::with_capacity(staged.len());
         for (n, from) in staged.iter().enumerate() {
-            let name = format!("part-{short}-{n:05}.{}", format.extension());
-            let to = self.prefix.clone().join(name.as_str());
+            let to = self.prefix.clone().join(name(n).as_str());
             self.store
                 .rename(from, &to)
                 .await
                 .map_err(|e| self.error(e))?;
-            names.push(name);
+            names.push(name(n));
         }
         Ok(names)
     }
 
-    /// Deletes what a failed job staged (best effort: the error being reported matters more).
-    async fn abort(&self, job_id: &str) {
-        let staging = self.prefix.clone().join("_temporary").join(job_id);
-        let staged: Vec<ObjectPath> = self
-            .store
-            .list(Some(&staging))
-            .map_ok(|o| o.location)
-            .try_collect()
-            .await
-            .unwrap_or_default();
-        for path in staged {
-            let _ = self.store.delete(&path).await;
-        }
-        self.remove_local_staging(job_id);
-    }
-
-    /// Object stores have no directories, but a local file system keeps the emptied staging
-    /// directories; remove them (best effort: another job may be staging beside this one).
-    fn remove_local_staging(&self, job_id: &str) {
-        if let Some(dir) = &self.local_dir {
-            let staging = dir.join("_temporary");
-            let _ = std::fs::remove_dir(staging.join(job_id));
-            let _ = std::fs::remove_dir(staging);
-        }
-    }
-
-    async fn write_manifest(&self, manifest: &BatchManifest) -> Result<(), BatchError> {
+    /// Makes the named parts the output, with `manifest` as its `_SUCCESS`, in one step a
+    /// reader can observe; then deletes the previous output.
+    async fn publish(&self, job_id: &str, manifest: &BatchManifest) -> Result<(), BatchError> {
         let body =
             serde_json::to_vec_pretty(manifest).map_err(|e| BatchError::Invalid(e.to_string()))?;
-        self.store
-            .put(
-                &self.prefix.clone().join(MANIFEST_FILE),
-                PutPayload::from(body),
-            )
-            .await
-            .map_err(|e| self.error(e))?;
+        let Some(dir) = &self.local_dir else {
+            let old = self.files().await?;
+            self.store
+                .put(
+                    &self.prefix.clone().join(MANIFEST_FILE),
+                    PutPayload::from(body),
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            fault_point("published");
+            for path in old {
+                let replaced = path
+                    .filename()
+                    .is_some_and(|f| f != MANIFEST_FILE && !manifest.files.iter().any(|n| n == f));
+                if replaced {
+                    self.store.delete(&path).await.map_err(|e| self.error(e))?;
+                }
+            }
+            self.abort(job_id).await;
+            return Ok(());
+        };
+        let staging = local_staging(dir, job_id).unwrap_or_default();
+        let manifest_path = staging.join(MANIFEST_FILE);
+        std::fs::write(&manifest_path, body)
+            .and_then(|()| std::fs::File::open(&manifest_path)?.sync_all())
+            .and_then(|()| std::fs::File::open(&staging)?.sync_all())
+            .map_err(self.io_error("writing _SUCCESS"))?;
+        fault_point("manifest");
+        let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if occupied {
+            exchange(&staging, dir).map_err(self.io_error("replacing the previous output"))?;
+            fault_point("published");
+            std::fs::remove_dir_all(&staging)
+                .map_err(self.io_error("removing the previous output"))?;
+        } else {
+            // Over nothing, or over an empty directory (which rename replaces).
+            std::fs::rename(&staging, dir).map_err(self.io_error("publishing the output"))?;
+            fault_point("published");
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|f| f.sync_all())
+                .map_err(self.io_error("syncing the output's directory"))?;
+        }
         Ok(())
     }
+
+    /// Deletes what a failed job staged (best effort: the error being reported matters more).
+    async fn abort(&self, job_id: &str) {
+        if let Some(staging) = self
+            .local_dir
+            .as_deref()
+            .and_then(|d| local_staging(d, job_id))
+        {
+            let _ = std::fs::remove_dir_all(staging);
+            return;
+        }
+        for path in self.list(&self.object_staging(job_id)).await {
+            let _ = self.store.delete(&path).await;
+        }
+    }
+}
+
+/// Swaps two directories in one step (Linux's `renameat2(RENAME_EXCHANGE)`). Elsewhere, or on
+/// a file system without it, two renames: for an instant there is no output (and never a
+/// partial one).
+fn exchange(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &std::path::Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let (ca, cb) = (c(a)?, c(b)?);
+        // SAFETY: both paths are NUL-terminated strings that live across the call.
+        let done = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if done == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINVAL) && error.raw_os_error() != Some(libc::ENOSYS)
+        {
+            return Err(error);
+        }
+    }
+    // Named like a staging directory, so the next job removes it if this one dies here.
+    let mut aside = a.as_os_str().to_owned();
+    aside.push(".previous");
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(b, &aside)?;
+    std::fs::rename(a, b)?;
+    std::fs::rename(&aside, a)
 }

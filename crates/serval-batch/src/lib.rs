@@ -40,6 +40,16 @@ pub enum BatchError {
         /// The store's error.
         source: datafusion::object_store::Error,
     },
+    /// Committing a local output failed (staging, renaming, syncing).
+    #[error("output {location}: {step}: {source}")]
+    Commit {
+        /// The output location.
+        location: String,
+        /// What was being done.
+        step: &'static str,
+        /// The file system's error.
+        source: std::io::Error,
+    },
     /// The job's arguments do not fit the input or the model.
     #[error("{0}")]
     Invalid(String),
