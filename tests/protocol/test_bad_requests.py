@@ -287,6 +287,22 @@ def test_tfserving(http, server, case):
     assert_error(r, status, *needles)
 
 
+NON_FINITE_WORDS = {"NaN": "NaN", "nan": "NaN", "Infinity": "Infinity", "inf": "Infinity",
+                    "-Infinity": "-Infinity", "-inf": "-Infinity"}
+
+
+@pytest.mark.parametrize("word", NON_FINITE_WORDS)
+def test_one_reading_of_non_finite_words_on_every_json_protocol(http, server, word):
+    """TF REST and v2 JSON read the same strings as the same non-finite value, refused by the
+    model's allow_nan rule with one message (not as a string where a number belongs)."""
+    seen = NON_FINITE_WORDS[word]
+    tf = http.post(f"{server.url}/v1/models/{MODEL}:predict", data=json.dumps({"instances": [[1, 2, 3, word]]}), timeout=10)
+    v2 = http.post(f"{server.url}/v2/models/{MODEL}/infer", data=_v2_json(_tensor(data=[1, 2, 3, word])), timeout=10)
+    for r in (tf, v2):
+        assert_error(r, 400, "features", f"contains {seen}", "allow_nan")
+    assert tf.json()["error"] == v2.json()["error"]
+
+
 # ---------------------------------------------------------------- OIP v2 gRPC
 
 

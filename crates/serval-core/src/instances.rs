@@ -745,16 +745,24 @@ fn bytes_value(value: &Value) -> Option<Result<String, InputError>> {
     }
 }
 
-/// A JSON number, or the strings `NaN`, `Infinity`, `-Infinity` (JSON has no literals for them).
+/// A JSON number, or a string [`non_finite`] reads.
 fn float(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => match s.as_str() {
-            "NaN" | "nan" => Some(f64::NAN),
-            "Infinity" | "inf" => Some(f64::INFINITY),
-            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
-            _ => None,
-        },
+        Value::String(s) => non_finite(s),
+        _ => None,
+    }
+}
+
+/// The one reading of non-finite numbers in JSON, for every protocol: JSON has no literals for
+/// them, so they come as the strings JavaScript and Python write (`NaN`, `Infinity`,
+/// `-Infinity`) or numpy and TF print (`nan`, `inf`, `-inf`). Whether a model accepts them is
+/// its `allow_nan` setting, checked after decoding.
+pub fn non_finite(word: &str) -> Option<f64> {
+    match word {
+        "NaN" | "nan" => Some(f64::NAN),
+        "Infinity" | "inf" => Some(f64::INFINITY),
+        "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
         _ => None,
     }
 }

@@ -286,9 +286,7 @@ pub fn decode_json(
     }
     let number = |v: &Leaf| -> std::result::Result<f64, String> {
         match v {
-            Leaf::Str(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
-                Ok(s.parse().unwrap_or(f64::NAN))
-            }
+            Leaf::Str(s) if let Some(x) = serval_core::instances::non_finite(s) => Ok(x),
             other => other
                 .as_f64()
                 .ok_or_else(|| format!("expected {data_type} value, got {}", other.kind())),
