@@ -29,6 +29,23 @@ bench_init() {
   trap 'exit 130' INT TERM
 }
 
+# bench_command SCRIPT VAR...: sets COMMAND, the command as run (`bash SCRIPT`), with those of the
+# VARs that came from the environment.
+bench_command() {
+  local script=$1 v
+  shift
+  COMMAND=$(for v in "$@"; do [[ -z ${!v:-} ]] || printf '%s=%q ' "$v" "${!v}"; done; printf 'bash %q' "$script")
+}
+
+# bench_no_args SCRIPT ARG...: -h or --help prints SCRIPT's head comment and exits; any other
+# argument is an error (settings come from the environment).
+bench_no_args() {
+  local script=$1
+  shift
+  [[ ${1:-} != -h && ${1:-} != --help ]] || { sed -n '2,/^set -euo/{/^set -euo/d;p}' "$script" | sed 's/^# \{0,1\}//'; exit 0; }
+  (($# == 0)) || die "no arguments (see --help); settings come from the environment"
+}
+
 # ----------------------------------------------------------------------------- processes
 
 # cleanup: stops every server still running (TERM, then KILL after 10 s), then removes WORK.
@@ -91,11 +108,13 @@ wait_for_line() {
   die "server not ready after 60 s"
 }
 
-# wait_for_url URL PID [SECONDS]: polls until GET URL answers 200 (at most SECONDS, default 120).
+# wait_for_url URL PID [SECONDS [CURL_ARG...]]: polls until GET URL answers 200 (at most SECONDS,
+# default 120); the CURL_ARGs (e.g. --cacert FILE) go to each curl.
 wait_for_url() {
   local url=$1 pid=$2 secs=${3:-120}
+  shift $(($# < 3 ? $# : 3))
   for _ in $(seq $((secs * 10))); do
-    curl -sf --max-time 5 -o /dev/null "$url" && return 0
+    curl -sf --max-time 5 -o /dev/null "$@" "$url" && return 0
     kill -0 "$pid" 2>/dev/null || die "server exited before it was ready ($url)"
     sleep 0.1
   done
@@ -182,7 +201,35 @@ libs = sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libon
 print(libs[-1] if libs else "")'
 }
 
+# bench_ort: exports ORT_DYLIB_PATH, the library of $PY's onnxruntime wheel (see ort_lib).
+bench_ort() {
+  ORT_DYLIB_PATH=$(ort_lib)
+  [[ -n $ORT_DYLIB_PATH ]] || die "the onnxruntime package of $PY ships no libonnxruntime.so"
+  export ORT_DYLIB_PATH
+}
+
+# bench_serval: BIN (SERVAL_BIN, default the release build; never built here), SERVAL (a private
+# copy in WORK, so that a build finishing meanwhile cannot swap it mid-run), VERSION, and
+# DEBUG_BINARY (true when BIN's path has /debug/ in it or BENCH_DEBUG_BINARY=1: timings mean nothing).
+bench_serval() {
+  BIN=${SERVAL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/serval}
+  [[ -x $BIN ]] || die "no serval binary at $BIN: cargo build --release -p serval-cli --bin serval, or SERVAL_BIN=PATH"
+  mkdir -p "$WORK/bin"
+  SERVAL=$WORK/bin/serval
+  cp "$BIN" "$SERVAL"
+  DEBUG_BINARY=false
+  [[ $(readlink -f "$BIN") != */debug/* && ${BENCH_DEBUG_BINARY:-0} != 1 ]] || DEBUG_BINARY=true
+  [[ $DEBUG_BINARY == false ]] || log "warning: $BIN is a debug build: its timings mean nothing"
+  VERSION=$("$SERVAL" --version 2>/dev/null | head -1 || true)
+  log "  serval: $BIN ($VERSION); python: $PY"
+}
+
 # ----------------------------------------------------------------------------- results
+
+# set_field KEY JSON / set_text KEY TEXT: one field of $WORK/machine.json, the results file's head
+# (through $HELPER's `set`).
+set_field() { "$PY" "$HELPER" set "$WORK/machine.json" "$1" "$2"; }
+set_text() { set_field "$1" "$("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$2")"; }
 
 # bench_finish HELPER: HELPER's finalize (the records and $WORK/machine.json to RESULTS), then its
 # report, printed and written to REPORT.

@@ -303,6 +303,14 @@ def test_one_reading_of_non_finite_words_on_every_json_protocol(http, server, wo
     assert tf.json()["error"] == v2.json()["error"]
 
 
+@pytest.mark.parametrize("method,path", [("GET", f"/v2/models/{MODEL}/infer"), ("PUT", "/v2/health/ready"),
+                                         ("DELETE", f"/v1/models/{MODEL}:predict")])
+def test_a_method_a_route_lacks_is_a_405_with_a_json_error(http, server, method, path):
+    r = http.request(method, f"{server.url}{path}", timeout=10)
+    assert_error(r, 405, method, path)
+    assert r.headers.get("allow"), r.headers
+
+
 # ---------------------------------------------------------------- OIP v2 gRPC
 
 

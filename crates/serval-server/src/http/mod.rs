@@ -39,6 +39,7 @@ pub fn router(state: AppState, pages: Option<Router>) -> Router {
         .with_state(state.clone())
         .merge(pages.unwrap_or_default())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed_load,
@@ -70,6 +71,51 @@ async fn trace_client(request: axum::extract::Request, next: axum::middleware::N
     }
     .instrument(span)
     .await
+}
+
+/// Gives the refusals axum makes itself (405 for a method a route lacks, its extractors'
+/// rejections) the `{"error": ...}` body every other error has: tritonclient reports an empty
+/// or text body as "client received an empty response from the server".
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Both clone without allocating (standard methods; the URI's bytes are shared).
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let mut message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        said => said.to_owned(),
+    };
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        message = format!(
+            "{method} is not allowed on {} (allowed: {allowed})",
+            uri.path()
+        );
+    }
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// Lets a request in only with a token whose scopes cover its path (when the server has
