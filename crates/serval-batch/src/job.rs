@@ -996,6 +996,10 @@ fn exchange(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
     aside.push(".previous");
     let aside = std::path::PathBuf::from(aside);
     std::fs::rename(b, &aside)?;
-    std::fs::rename(a, b)?;
+    if let Err(e) = std::fs::rename(a, b) {
+        // Put the previous output back rather than leave none.
+        std::fs::rename(&aside, b)?;
+        return Err(e);
+    }
     std::fs::rename(&aside, a)
 }

@@ -64,7 +64,11 @@ impl Access {
 
     /// The class of a REST request.
     pub fn of_rest(path: &str) -> Access {
-        let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+        // No allocation: this runs on every request when tokens are on.
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
         if path.starts_with("/v2/health/")
             || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
         {
