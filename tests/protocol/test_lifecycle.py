@@ -202,6 +202,55 @@ def test_repository_api_loads_and_unloads(repo, live_server):
     assert "nope" in missing.json()["error"]
 
 
+def test_a_version_whose_files_are_deleted_stops_serving(repo, live_server):
+    """Deleting a version's model.onnx unloads it as deleting its directory does; once no version
+    has its file, the model stops serving and says why, instead of answering from memory."""
+    server = live_server
+    write_atomically(repo / MODEL / "config.toml", '[versions]\npolicy = "all"\n')
+    add_version(repo, 2)
+    wait_for(server, lambda e: ready_versions(e) == {1, 2}, "version 2 to serve")
+    (repo / MODEL / "2" / "model.onnx").unlink()
+    wait_for(server, lambda e: ready_versions(e) == {1}, "version 2 to be unloaded")
+    res = requests.post(f"{server.url}/v2/models/{MODEL}/versions/2/infer", json={
+        "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}, timeout=10)
+    assert res.status_code == 404, res.text
+    (repo / MODEL / "1" / "model.onnx").unlink()
+    entries = wait_for(server, lambda e: not ready_versions(e), "the model to stop serving")
+    assert any(e["name"] == MODEL and "model.onnx" in e["reason"] for e in entries), entries
+    res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
+    assert res.status_code in (404, 503), res.text
+    assert requests.get(f"{server.url}/v2/models/{MODEL}/ready", timeout=10).status_code != 200
+
+
+def test_grpc_repository_api_as_tritonclient_calls_it(repo, live_server):
+    """Triton's model repository extension over gRPC: the same index, unload and load as REST,
+    with tritonclient.grpc's own calls (its unload always sends `unload_dependents`)."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(live_server.grpc_addr)
+    models = client.get_model_repository_index(as_json=True)["models"]
+    assert {"name": MODEL, "version": "1", "state": "READY"}.items() <= models[0].items(), models
+    client.unload_model(MODEL)
+    assert not client.is_model_ready(MODEL)
+    assert any(e["state"] == "UNLOADED" for e in index(live_server))
+    client.load_model(MODEL)
+    assert client.is_model_ready(MODEL)
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("nope")
+    assert err.value.status() == "StatusCode.NOT_FOUND" and "nope" in err.value.message(), err.value
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model(MODEL, config='{"max_batch_size": 4}')
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "'config'" in err.value.message(), err.value
+    # A method the service lacks is named, with where to find it.
+    channel = grpc.insecure_channel(live_server.grpc_addr)
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics")(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ModelStatistics" in err.value.details() and "/v2/models/" in err.value.details(), err.value.details()
+
+
 def test_a_page_of_another_origin_cannot_unload_a_model_or_post_labels(repo, live_server):
     """The cross-site `text/plain` POST a browser sends without a preflight is refused; the
     same request from a client outside a browser, or from the server's own pages, goes through."""

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serval_server::ServerConfig;
+use serval_server::budget::MemoryBudget;
 use serval_server::pipeline::Limits;
 
 use crate::RepositoryArgs;
@@ -38,6 +39,11 @@ pub struct ServeArgs {
     /// Most instances in one request (413 beyond).
     #[arg(long, env = "SERVAL_MAX_INSTANCES", default_value_t = 100_000)]
     max_instances: usize,
+    /// Memory all requests in flight may hold together, in MiB: their bodies and what decoding
+    /// them takes (429 / RESOURCE_EXHAUSTED beyond). Default: a quarter of the memory the
+    /// process may use (its cgroup's limit, else the machine's).
+    #[arg(long, env = "SERVAL_MAX_REQUEST_MEMORY_MIB")]
+    max_request_memory_mib: Option<usize>,
     /// Threads for network I/O and request decoding (TF Serving's --rest_api_num_threads); the
     /// default is one per core. Inference runs on each model's own engine threads, not these.
     #[arg(long, env = "SERVAL_IO_THREADS")]
@@ -332,6 +338,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_instances: args.max_instances,
             max_concurrent_requests: args.max_concurrent_requests,
             body_rate: args.transport.body_rate()?,
+            max_request_memory: args
+                .max_request_memory_mib
+                .map_or_else(MemoryBudget::default_limit, |mib| mib << 20),
         },
         request_timeout,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(

@@ -462,6 +462,9 @@ impl<'de> Visitor<'de> for InstanceSeed<'_, '_> {
 /// model where it is static and by the first instance where it is dynamic.
 struct FastColumn<'s> {
     spec: &'s TensorSpec,
+    /// The model's per-instance axes (`None` where dynamic).
+    static_dims: &'s [Option<usize>],
+    /// Those axes, the dynamic ones fixed by the first instance.
     dims: Vec<Option<usize>>,
     data: TensorData,
     /// Whether the current instance has given this input already.
@@ -470,9 +473,11 @@ struct FastColumn<'s> {
 
 impl<'s> FastColumn<'s> {
     fn new(spec: &'s TensorSpec) -> FastColumn<'s> {
+        let static_dims = &spec.shape[1.min(spec.shape.len())..];
         FastColumn {
             spec,
-            dims: spec.shape[1.min(spec.shape.len())..].to_vec(),
+            static_dims,
+            dims: static_dims.to_vec(),
             data: TensorData::empty(spec.data_type),
             seen: false,
         }
@@ -499,7 +504,7 @@ impl ValueSeed<'_, '_> {
         if self.depth != self.column.dims.len() {
             return Err(refuse());
         }
-        push_scalar(&value, &mut self.column.data).map_err(|_| refuse())
+        push_json_scalar(&value, &mut self.column.data).map_err(|_| refuse())
     }
 }
 
@@ -523,6 +528,9 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
         if depth >= self.column.dims.len() {
             return Err(refuse());
         }
+        // A static axis bounds the list: past it the request is wrong, so stop reading (a
+        // mis-shaped instance may be a whole maximal body).
+        let most = self.column.static_dims[depth].unwrap_or(usize::MAX);
         let mut n = 0;
         while seq
             .next_element_seed(ValueSeed {
@@ -532,6 +540,9 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
             .is_some()
         {
             n += 1;
+            if n > most {
+                return Err(refuse());
+            }
         }
         // An empty list above the last axis hides the shape below it (`infer_shape` stops there).
         if n == 0 && depth + 1 < self.column.dims.len() {
@@ -671,7 +682,7 @@ fn push_leaves(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
                     .iter()
                     .try_for_each(|item| walk(item, depth + 1, shape, data))
             }
-            scalar if depth == shape.len() => push_scalar(scalar, data),
+            scalar if depth == shape.len() => push_json_scalar(scalar, data),
             _ => Err(InputError::new(
                 "ragged nested list (a scalar where a list was expected)",
             )),
@@ -682,7 +693,10 @@ fn push_leaves(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
     walk(value, 0, &shape, data)
 }
 
-fn push_scalar(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
+/// The one conversion of a JSON scalar into a tensor element, for every protocol: integers
+/// range-checked into integer types, numbers and the [`non_finite`] words into floats, strings
+/// (and TF Serving's `{"b64": ...}`) into BYTES. Errors name what the value was.
+pub fn push_json_scalar(value: &Value, data: &mut TensorData) -> Result<(), InputError> {
     let data_type = data.data_type();
     let mismatch = || {
         InputError::new(format!(
@@ -764,6 +778,87 @@ pub fn non_finite(word: &str) -> Option<f64> {
         "Infinity" | "inf" => Some(f64::INFINITY),
         "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
         _ => None,
+    }
+}
+
+/// How many values (scalars, lists and objects) a JSON text holds, counted in one pass that
+/// allocates nothing, or `None` as soon as there are more than `limit`: what a `Value` tree of
+/// the text would cost is known before it is built. Counting stops at a syntax error, which the
+/// parse that follows reports.
+pub fn json_nodes_within(text: &[u8], limit: usize) -> Option<usize> {
+    let mut counter = NodeCounter { nodes: 0, limit };
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let _ = (&mut counter).deserialize(&mut de);
+    (counter.nodes <= limit).then_some(counter.nodes)
+}
+
+/// See [`json_nodes_within`]; `nodes` goes past `limit` by one when the limit stopped it.
+struct NodeCounter {
+    nodes: usize,
+    limit: usize,
+}
+
+impl NodeCounter {
+    fn count<E: serde::de::Error>(&mut self) -> std::result::Result<(), E> {
+        self.nodes += 1;
+        if self.nodes > self.limit {
+            return Err(E::custom("too many values"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut NodeCounter {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut NodeCounter {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        self.count()?;
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        self.count()?;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(&mut *self)?;
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.count()
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.count()
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.count()
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.count()
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.count()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.count()
     }
 }
 
@@ -895,7 +990,7 @@ mod tests {
     use serde::de::DeserializeSeed;
     use serde_json::Value;
 
-    use super::{InstancesSeed, decode_instances, sampled};
+    use super::{InstancesSeed, decode_instances, json_nodes_within, sampled};
     use crate::graph::TensorSpec;
     use crate::signature::Signature;
     use crate::tensor::DataType;
@@ -915,6 +1010,34 @@ mod tests {
             postprocess: vec![],
             class_maps: Default::default(),
         }
+    }
+
+    #[test]
+    fn json_nodes_are_counted_up_to_the_limit() {
+        let text = br#"{"instances": [[1, 2.5, "x"], {"a": null, "b": [true]}], "k": "v"}"#;
+        // The object, its list, [1, 2.5, "x"] (4), {"a", "b"} (4) and "v".
+        assert_eq!(json_nodes_within(text, usize::MAX), Some(11));
+        assert_eq!(json_nodes_within(text, 11), Some(11));
+        assert_eq!(json_nodes_within(text, 10), None);
+        // Counting stops at a syntax error; the real parse names it.
+        assert_eq!(json_nodes_within(b"[1, 2, oops", usize::MAX), Some(3));
+        let zeros = format!("[{}0]", "0,".repeat(1_000_000));
+        assert_eq!(json_nodes_within(zeros.as_bytes(), 100), None);
+    }
+
+    /// A static axis stops the fast path as soon as a list outgrows it, before the rest of a
+    /// (possibly huge) instance is read.
+    #[test]
+    fn fast_path_stops_at_a_static_axis() {
+        let row3 = signature(&[("features", DataType::Fp32, &[None, Some(3)])]);
+        let json = format!("[[{}0]]", "0,".repeat(100_000));
+        let seed = InstancesSeed {
+            inputs: &row3.inputs,
+            key_name: "key",
+        };
+        let mut de = serde_json::Deserializer::from_str(&json);
+        let err = seed.deserialize(&mut de).unwrap_err();
+        assert!(err.column() < 20, "read on to column {}", err.column());
     }
 
     /// The fast path decodes exactly what the slow path accepts, to the same tensors, and

@@ -241,6 +241,18 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Bytes the values take in memory (strings: their text and their `String`), what a
+    /// server charges a decoded request against its memory budget.
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            TensorData::Bytes(v) => v
+                .iter()
+                .map(|s| s.capacity() + std::mem::size_of::<String>())
+                .sum(),
+            other => with_tensor_data!(other, v => std::mem::size_of_val(v.as_slice())),
+        }
+    }
+
     /// Index and value of the first NaN or infinity, if any (always `None` for non-float
     /// types).
     pub fn first_non_finite(&self) -> Option<(usize, f64)> {

@@ -2,10 +2,10 @@
 //! extension and gRPC `raw_*_contents`) and Open Inference Protocol JSON `data`.
 
 use half::f16;
-use serde::de::{
-    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
+use serval_core::instances::push_json_scalar;
 use serval_core::tensor::checked_elements;
 use serval_core::{DataType, Tensor, TensorData};
 
@@ -146,77 +146,65 @@ pub fn encode_raw(tensor: &Tensor) -> Vec<u8> {
     }
 }
 
-/// OIP JSON `data` (flat or nested lists, row-major), flattened into its leaves while it is
-/// parsed: no `serde_json::Value` per number. Its datatype may come after it in the request, so
-/// leaves keep what JSON said and [`decode_json`] converts them.
-#[derive(Debug)]
-pub struct JsonData(Vec<Leaf>);
-
-/// One scalar of `data`, as JSON gave it.
-#[derive(Debug)]
-enum Leaf {
-    Int(i64),
-    Uint(u64),
-    Float(f64),
-    Bool(bool),
-    Str(String),
-    Null,
-    Object,
+/// Decodes OIP JSON `data` (flat or nested lists, row-major) into a tensor of `shape`. The
+/// request keeps `data` as its raw text, since its datatype may come after it; it is read here
+/// in one pass straight into the tensor, each scalar converted by the one JSON scalar reading
+/// every protocol shares, and reading stops at the first value past what the shape holds.
+pub fn decode_json(
+    name: &str,
+    data_type: DataType,
+    shape: Vec<usize>,
+    data: &RawValue,
+) -> Result<Tensor> {
+    let n = checked_elements(&shape)
+        .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
+    let bad = |msg: String| ServerError::BadRequest(format!("input '{name}': {msg}"));
+    let mut reader = FlatData {
+        values: TensorData::empty(data_type),
+        expected: n,
+        problem: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    if let Err(e) = (&mut reader).deserialize(&mut de) {
+        return Err(bad(match reader.problem.take() {
+            Some(problem) => problem,
+            None => e.to_string(),
+        }));
+    }
+    let found = reader.values.len();
+    if found != n {
+        return Err(bad(format!(
+            "{found} values in data, but shape {shape:?} needs {n}"
+        )));
+    }
+    Tensor::new(shape, reader.values).map_err(|e| bad(e.to_string()))
 }
 
-impl Leaf {
-    fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Leaf::Int(i) => Some(i as f64),
-            Leaf::Uint(u) => Some(u as f64),
-            Leaf::Float(f) => Some(f),
-            _ => None,
+/// Reads `data` into `values`; `problem` says why it stopped, in words for the client (the
+/// parser's own error would add its position inside `data`).
+struct FlatData {
+    values: TensorData,
+    expected: usize,
+    problem: Option<String>,
+}
+
+impl FlatData {
+    fn scalar<E: serde::de::Error>(&mut self, value: Value) -> std::result::Result<(), E> {
+        if self.values.len() == self.expected {
+            self.problem = Some(format!(
+                "more values in data than the {} its shape needs",
+                self.expected
+            ));
+            return Err(E::custom("too many values"));
         }
-    }
-
-    fn as_i128(&self) -> Option<i128> {
-        match *self {
-            Leaf::Int(i) => Some(i.into()),
-            Leaf::Uint(u) => Some(u.into()),
-            _ => None,
-        }
-    }
-
-    /// What the leaf is, for errors: worded by `serval_core::instances::json_kind`, like every
-    /// other JSON input error (error paths only, so the conversion's cost does not matter).
-    fn kind(&self) -> String {
-        let value = match self {
-            Leaf::Int(i) => Value::from(*i),
-            Leaf::Uint(u) => Value::from(*u),
-            Leaf::Float(f) => Value::from(*f),
-            Leaf::Bool(b) => Value::Bool(*b),
-            Leaf::Str(s) => Value::String(s.clone()),
-            Leaf::Null => Value::Null,
-            Leaf::Object => Value::Object(serde_json::Map::new()),
-        };
-        serval_core::instances::json_kind(&value)
+        push_json_scalar(&value, &mut self.values).map_err(|e| {
+            self.problem = Some(e.to_string());
+            E::custom("bad value")
+        })
     }
 }
 
-impl<'de> Deserialize<'de> for JsonData {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let mut leaves = Vec::new();
-        Leaves(&mut leaves).deserialize(d)?;
-        Ok(JsonData(leaves))
-    }
-}
-
-/// Appends the leaves of one value (a scalar, or a list at any depth) to the vector.
-struct Leaves<'a>(&'a mut Vec<Leaf>);
-
-impl Leaves<'_> {
-    fn leaf<E>(self, leaf: Leaf) -> std::result::Result<(), E> {
-        self.0.push(leaf);
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Leaves<'_> {
+impl<'de> DeserializeSeed<'de> for &mut FlatData {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
@@ -224,7 +212,7 @@ impl<'de> DeserializeSeed<'de> for Leaves<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Leaves<'_> {
+impl<'de> Visitor<'de> for &mut FlatData {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -232,146 +220,47 @@ impl<'de> Visitor<'de> for Leaves<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while seq.next_element_seed(Leaves(self.0))?.is_some() {}
+        while seq.next_element_seed(&mut *self)?.is_some() {}
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        self.0.push(Leaf::Object);
-        Ok(())
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<(), A::Error> {
+        // An object is one value to the scalar reading (`{"b64": ...}`, or named as wrong).
+        let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        self.scalar(value)
     }
 
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Int(v))
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.scalar(Value::from(v))
     }
 
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Uint(v))
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.scalar(Value::from(v))
     }
 
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Float(v))
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.scalar(Value::from(v))
     }
 
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Bool(v))
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.scalar(Value::Bool(v))
     }
 
-    fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Str(v.to_owned()))
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.scalar(Value::String(v.to_owned()))
     }
 
-    fn visit_unit<E>(self) -> std::result::Result<(), E> {
-        self.leaf(Leaf::Null)
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.scalar(Value::Null)
     }
-}
-
-/// Decodes OIP JSON `data` into a tensor of `shape`.
-pub fn decode_json(
-    name: &str,
-    data_type: DataType,
-    shape: Vec<usize>,
-    data: &JsonData,
-) -> Result<Tensor> {
-    let n = checked_elements(&shape)
-        .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
-    let bad = |msg: String| ServerError::BadRequest(format!("input '{name}': {msg}"));
-    let leaves = &data.0;
-    if leaves.len() != n {
-        return Err(bad(format!(
-            "{} values in data, but shape {shape:?} needs {n}",
-            leaves.len()
-        )));
-    }
-    let number = |v: &Leaf| -> std::result::Result<f64, String> {
-        match v {
-            Leaf::Str(s) if let Some(x) = serval_core::instances::non_finite(s) => Ok(x),
-            other => other
-                .as_f64()
-                .ok_or_else(|| format!("expected {data_type} value, got {}", other.kind())),
-        }
-    };
-    macro_rules! int {
-        ($ty:ty, $variant:ident) => {
-            TensorData::$variant(
-                leaves
-                    .iter()
-                    .map(|v| {
-                        let n = v.as_i128().ok_or_else(|| {
-                            format!("expected {data_type} value, got {}", v.kind())
-                        })?;
-                        <$ty>::try_from(n)
-                            .map_err(|_| format!("{n} is out of range for {data_type}"))
-                    })
-                    .collect::<std::result::Result<_, String>>()
-                    .map_err(bad)?,
-            )
-        };
-    }
-    let data = match data_type {
-        DataType::Bool => TensorData::Bool(
-            leaves
-                .iter()
-                .map(|v| match v {
-                    Leaf::Bool(b) => Ok(*b),
-                    other => Err(format!("expected BOOL value, got {}", other.kind())),
-                })
-                .collect::<std::result::Result<_, _>>()
-                .map_err(bad)?,
-        ),
-        DataType::Uint8 => int!(u8, Uint8),
-        DataType::Uint16 => int!(u16, Uint16),
-        DataType::Uint32 => int!(u32, Uint32),
-        DataType::Uint64 => int!(u64, Uint64),
-        DataType::Int8 => int!(i8, Int8),
-        DataType::Int16 => int!(i16, Int16),
-        DataType::Int32 => int!(i32, Int32),
-        DataType::Int64 => int!(i64, Int64),
-        DataType::Fp16 => TensorData::Fp16(
-            leaves
-                .iter()
-                .map(|v| number(v).map(f16::from_f64))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(bad)?,
-        ),
-        DataType::Fp32 => TensorData::Fp32(
-            leaves
-                .iter()
-                .map(|v| number(v).map(|x| x as f32))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(bad)?,
-        ),
-        DataType::Fp64 => TensorData::Fp64(
-            leaves
-                .iter()
-                .map(number)
-                .collect::<std::result::Result<_, _>>()
-                .map_err(bad)?,
-        ),
-        DataType::Bytes => TensorData::Bytes(
-            leaves
-                .iter()
-                .map(|v| match v {
-                    Leaf::Str(s) => Ok(s.clone()),
-                    other => Err(format!(
-                        "expected BYTES (string) value, got {}",
-                        other.kind()
-                    )),
-                })
-                .collect::<std::result::Result<_, _>>()
-                .map_err(bad)?,
-        ),
-    };
-    Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn data(value: serde_json::Value) -> JsonData {
-        serde_json::from_value(value).unwrap()
+    fn data(value: serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&value).unwrap()
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum ServerError {
     /// The server already handles its limit of concurrent requests (overload).
     #[error("server is at its limit of {0} concurrent requests, retry later")]
     Busy(usize),
+    /// The server's memory budget for requests in flight is taken: retry later (overload).
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The request waited or ran longer than its deadline (overload).
     #[error("request timed out after {0} ms")]
     Timeout(u64),
@@ -62,7 +65,9 @@ impl ServerError {
             }
             ServerError::Core(E::Inference { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ServerError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServerError::Overloaded(_) | ServerError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServerError::Overloaded(_) | ServerError::Busy(_) | ServerError::OutOfMemory(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ServerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServerError::NotEnabled(_) => StatusCode::NOT_IMPLEMENTED,
             ServerError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -78,19 +83,28 @@ impl ServerError {
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 impl ServerError {
-    /// The message as a client receives it: cut after [`MAX_MESSAGE_BYTES`], saying so.
+    /// The message as a client receives it: at most about [`MAX_MESSAGE_BYTES`], its middle cut
+    /// (saying how much) when longer, so that both what it is about and the reason at its end
+    /// survive a huge quoted name.
     pub fn client_message(&self) -> String {
-        let mut message = self.to_string();
-        if message.len() > MAX_MESSAGE_BYTES {
-            let cut = (0..=MAX_MESSAGE_BYTES)
-                .rev()
-                .find(|&i| message.is_char_boundary(i))
-                .unwrap_or(0);
-            let dropped = message.len() - cut;
-            message.truncate(cut);
-            message.push_str(&format!("… ({dropped} more bytes cut)"));
+        let message = self.to_string();
+        if message.len() <= MAX_MESSAGE_BYTES {
+            return message;
         }
-        message
+        let floor = |mut i: usize| {
+            while !message.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let head = floor(MAX_MESSAGE_BYTES * 5 / 8);
+        let tail = floor(message.len() - MAX_MESSAGE_BYTES / 4);
+        format!(
+            "{} …({} bytes cut)… {}",
+            &message[..head],
+            tail - head,
+            &message[tail..]
+        )
     }
 }
 
@@ -105,7 +119,7 @@ impl IntoResponse for ServerError {
         }
         let body = serde_json::json!({ "error": message });
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self, ServerError::Overloaded(_) | ServerError::Busy(_)) {
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -148,12 +162,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_messages_are_cut_at_a_character_boundary_saying_how_much() {
+    fn long_messages_lose_their_middle_at_character_boundaries_saying_how_much() {
         let name = "é".repeat(100_000);
-        let message = ServerError::NotFound(format!("no model '{name}'")).client_message();
+        let message =
+            ServerError::NotFound(format!("no model '{name}' (the reason)")).client_message();
         assert!(message.len() < MAX_MESSAGE_BYTES + 40, "{}", message.len());
         assert!(message.starts_with("no model 'éé"), "{message}");
-        assert!(message.ends_with("more bytes cut)"), "{message}");
+        assert!(message.ends_with("éé' (the reason)"), "{message}");
+        assert!(message.contains(" bytes cut)… "), "{message}");
         let short = ServerError::NotFound("no model 'x'".into()).client_message();
         assert_eq!(short, "no model 'x'");
     }

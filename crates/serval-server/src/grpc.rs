@@ -2,11 +2,14 @@
 //! `tritonclient.grpc` calls it: typed `contents` or `raw_input_contents` in, raw out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serval_core::{DataType, Tensor, TensorData};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Access, AuthTokens};
+use crate::budget::{Reservation, off_io_threads};
 use crate::codec;
 use crate::error::ServerError;
 use crate::pipeline::{Decoded, Pipeline, RequestOptions, Target, take_key_tensor};
@@ -62,7 +65,9 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|status| {
+        use bytes::Buf as _;
+        let decoded = off_io_threads(buf.remaining(), || self.0.decode(buf));
+        decoded.map_err(|status| {
             Status::invalid_argument(format!(
                 "the request is not a valid protobuf message: {}",
                 status.message()
@@ -72,6 +77,187 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
 
     fn buffer_settings(&self) -> tonic::codec::BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+/// What every call goes through before tonic reads it, a tower layer over the whole gRPC
+/// server (tonic's interceptors see neither the method nor the body): the token check (when
+/// the server has tokens), UNIMPLEMENTED naming a method this server lacks, `ModelInfer` shed
+/// while the server is saturated, and a share of the memory budget that the message fills as
+/// it arrives (RESOURCE_EXHAUSTED once the budget is taken, before the message is whole):
+/// tonic reads and decodes a message before the handler runs, so the handler alone could
+/// bound nothing.
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    /// The request path, for its limits and budget.
+    pub pipeline: Pipeline,
+    /// The tokens calls must carry; `None` lets every call in.
+    pub tokens: Option<Arc<AuthTokens>>,
+}
+
+impl<S> tower_layer::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Admission<S> {
+        Admission {
+            inner,
+            gate: self.clone(),
+        }
+    }
+}
+
+/// See [`AdmissionLayer`].
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    gate: AdmissionLayer,
+}
+
+impl AdmissionLayer {
+    /// Why a call is refused before it is read, if it is.
+    fn refusal<B>(&self, request: &axum::http::Request<B>) -> Option<Status> {
+        let path = request.uri().path();
+        if let Some(tokens) = &self.tokens {
+            let header = request.headers().get(axum::http::header::AUTHORIZATION);
+            match tokens.authorize(Access::of_grpc(path), header.map(|v| v.as_bytes())) {
+                Ok(Some(name)) => {
+                    tracing::Span::current().record("token", name);
+                }
+                Ok(None) => {}
+                Err(refused) => return Some(refused.into()),
+            }
+        }
+        if let Some(status) = unserved(path) {
+            return Some(status);
+        }
+        (path == MODEL_INFER && self.pipeline.is_saturated())
+            .then(|| ServerError::Busy(self.pipeline.limits().max_concurrent_requests).into())
+    }
+}
+
+/// A call's share of the memory budget, in its request's extensions for the handler.
+#[derive(Clone)]
+struct CallMemory(Arc<Reservation>);
+
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// The methods of `inference.GRPCInferenceService` this server has.
+const SERVED: &[&str] = &[
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+];
+
+/// UNIMPLEMENTED for a method this server lacks, naming it and what to use instead (tonic's
+/// own answer has no message at all).
+fn unserved(path: &str) -> Option<Status> {
+    let method = path.strip_prefix("/inference.GRPCInferenceService/");
+    if method.is_some_and(|m| SERVED.contains(&m)) {
+        return None;
+    }
+    let shown: String = path.chars().take(200).collect();
+    let instead = match method {
+        Some("ModelStatistics") => " (statistics are on REST: GET /v2/models/{model}/stats)",
+        Some("ModelConfig") => " (configuration is on REST: GET /v2/models/{model}/config)",
+        _ => "",
+    };
+    Some(Status::unimplemented(format!(
+        "{shown} is not served{instead}; inference.GRPCInferenceService here has {}",
+        SERVED.join(", ")
+    )))
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Admission<S>
+where
+    S: tower_service::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if let Some(status) = self.gate.refusal(&request) {
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let memory = Arc::new(self.gate.pipeline.reserve());
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(CallMemory(memory.clone()));
+        let body = tonic::body::Body::new(BudgetedBody {
+            inner: body,
+            memory: memory.clone(),
+        });
+        // The clone takes the readiness this service was polled for (tower's idiom).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call = inner.call(axum::http::Request::from_parts(parts, body));
+        Box::pin(async move {
+            let response = call.await;
+            drop(memory);
+            response
+        })
+    }
+}
+
+/// A request body whose bytes are added to a reservation as they arrive.
+struct BudgetedBody<B> {
+    inner: B,
+    memory: Arc<Reservation>,
+}
+
+impl<B> hyper::body::Body for BudgetedBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = bytes::Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        let checked = frame.map(|frame| {
+            let frame = frame.map_err(Into::into)?;
+            if let Some(data) = frame.data_ref() {
+                // tonic reads the error back as this status.
+                self.memory
+                    .grow(data.len())
+                    .map_err(|e| Box::new(Status::from(e)) as tonic::codegen::StdError)?;
+            }
+            Ok(frame)
+        });
+        std::task::Poll::Ready(checked)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -166,11 +352,61 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let models = self
+            .pipeline
+            .store()
+            .index()
+            .into_iter()
+            .filter(|s| !ready_only || s.state == "READY")
+            .map(|s| repository_index_response::ModelIndex {
+                name: s.name,
+                version: if s.version == 0 {
+                    String::new()
+                } else {
+                    s.version.to_string()
+                },
+                state: s.state.into(),
+                reason: s.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        refuse_repository_options(&r.repository_name, &r.parameters)?;
+        self.pipeline.load_model(&r.model_name).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        refuse_repository_options(&r.repository_name, &r.parameters)?;
+        self.pipeline.unload_model(&r.model_name).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
     async fn model_infer(
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let _permit = self.pipeline.try_admit()?;
+        let memory = match request.extensions().get::<CallMemory>() {
+            Some(CallMemory(memory)) => memory.clone(),
+            // Served without the admission layer (library use): the message is not counted.
+            None => Arc::new(self.pipeline.reserve()),
+        };
         let deadline = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let target = Target {
@@ -183,28 +419,34 @@ impl GrpcInferenceService for InferenceService {
                 .get(name)
                 .and_then(|p| p.parameter_choice.clone())
         };
+        use infer_parameter::ParameterChoice as Choice;
+        let wrong = |name: &str, what: &str| {
+            ServerError::BadRequest(format!("parameter '{name}' must be {what}"))
+        };
         let options = RequestOptions {
             timeout: match parameter("timeout") {
                 // Triton's schedule-policy extension: microseconds.
-                Some(infer_parameter::ParameterChoice::Int64Param(us)) => {
+                Some(Choice::Int64Param(us)) => {
                     RequestOptions::timeout_parameter(i128::from(us))?.or(deadline)
                 }
-                Some(infer_parameter::ParameterChoice::Uint64Param(us)) => {
+                Some(Choice::Uint64Param(us)) => {
                     RequestOptions::timeout_parameter(i128::from(us))?.or(deadline)
                 }
-                _ => deadline,
+                Some(_) => return Err(wrong("timeout", "an int64 or uint64 (microseconds)").into()),
+                None => deadline,
             },
             request_id: (!r.id.is_empty()).then(|| r.id.clone()),
             outputs: (!r.outputs.is_empty())
                 .then(|| r.outputs.iter().map(|o| o.name.clone()).collect()),
         };
         let signature = match parameter("signature_name") {
-            Some(infer_parameter::ParameterChoice::StringParam(s)) => Some(s),
-            _ => None,
+            Some(Choice::StringParam(s)) => Some(s),
+            Some(_) => return Err(wrong("signature_name", "a string").into()),
+            None => None,
         };
         let response = self
             .pipeline
-            .predict(target, |model| {
+            .predict(target, &memory, |model| {
                 let mut inputs = decode_inputs(&r)?;
                 let keys = take_key_tensor(&mut inputs, &model.config().key)?;
                 Ok(Decoded {
@@ -251,6 +493,29 @@ impl GrpcInferenceService for InferenceService {
             outputs,
             raw_output_contents,
         }))
+    }
+}
+
+/// Serval serves one repository and loads models from it as they are: Triton's named
+/// repositories and load-time overrides (`config`, `file:...` contents) are refused, not
+/// ignored. `unload_dependents` (which tritonclient always sends) has nothing to act on: no
+/// model depends on another.
+fn refuse_repository_options(
+    repository: &str,
+    parameters: &HashMap<String, ModelRepositoryParameter>,
+) -> Result<(), ServerError> {
+    let mut parameters = parameters.keys().filter(|k| *k != "unload_dependents");
+    if !repository.is_empty() {
+        return Err(ServerError::BadRequest(format!(
+            "repository_name '{repository}': this server has one repository; leave it empty"
+        )));
+    }
+    match parameters.next() {
+        Some(name) => Err(ServerError::BadRequest(format!(
+            "load/unload parameter '{name}' is not supported: models load from the repository's \
+             files as they are"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 pub mod auth;
 pub mod batcher;
+pub mod budget;
 pub mod codec;
 pub mod error;
 pub mod grpc;
@@ -173,7 +174,10 @@ pub async fn serve(
                 token = tracing::field::Empty,
             )
         })
-        .layer(auth::GrpcAuthLayer(config.auth.clone()))
+        .layer(grpc::AdmissionLayer {
+            pipeline: pipeline.clone(),
+            tokens: config.auth.clone(),
+        })
         .add_service(grpc::InferenceService::server(pipeline))
         .serve_with_incoming_shutdown(grpc_listener.incoming(), stopped(stop_rx.clone()));
     let metrics_server = async {

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::budget::{MemoryBudget, Reservation, off_io_threads};
 use crate::error::{Result, ServerError};
 use crate::metrics;
 use crate::precomputed::PrecomputedTables;
@@ -33,6 +34,9 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// How slowly a request body may arrive (408 below).
     pub body_rate: BodyRate,
+    /// Bytes all requests in flight may hold together: bodies and what decoding them takes
+    /// (429 / RESOURCE_EXHAUSTED beyond; see [`crate::budget`]).
+    pub max_request_memory: usize,
 }
 
 /// The slowest a request body may arrive, as Kestrel's `MinRequestBodyDataRate` states it:
@@ -173,6 +177,7 @@ pub struct Pipeline {
     timeout: Duration,
     limits: Limits,
     in_flight: Arc<Semaphore>,
+    memory: Arc<MemoryBudget>,
     precomputed: Arc<PrecomputedTables>,
     strict_readiness: bool,
     log: Option<Arc<PredictionLog>>,
@@ -187,6 +192,7 @@ impl Pipeline {
             timeout,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            memory: MemoryBudget::new(limits.max_request_memory),
             precomputed: Arc::new(PrecomputedTables::default()),
             strict_readiness: false,
             log: None,
@@ -238,9 +244,34 @@ impl Pipeline {
             .map_err(|_| ServerError::Busy(self.limits.max_concurrent_requests))
     }
 
+    /// A new request's share of the memory budget, empty until it grows.
+    pub fn reserve(&self) -> Reservation {
+        self.memory.reservation()
+    }
+
     /// The loaded models.
     pub fn store(&self) -> &ModelStore {
         &self.store
+    }
+
+    /// Loads (or reloads) a model now, off the async threads; answers once it serves or says
+    /// why it cannot (the repository API of every protocol).
+    pub async fn load_model(&self, name: &str) -> Result<()> {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.load_model(&name))
+            .await
+            .map_err(|e| ServerError::Unavailable(format!("load task failed: {e}")))?
+    }
+
+    /// Stops serving a model (in-flight requests finish) until it is loaded again. Waits for
+    /// any reconciliation in progress, so it runs off the async threads like a load.
+    pub async fn unload_model(&self, name: &str) -> Result<()> {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.unload_model(&name))
+            .await
+            .map_err(|e| ServerError::Unavailable(format!("unload task failed: {e}")))?
     }
 
     /// A shared handle to the loaded models, for work moved off the async threads.
@@ -251,11 +282,21 @@ impl Pipeline {
     /// Runs one request end to end. `decode` turns the body into tensors for the model of the
     /// version chosen to answer (after load shedding, so overload costs no parsing); it runs once, or twice when a sticky canary's key routes the
     /// request to a version whose inputs differ from the one it was first decoded for.
+    ///
+    /// `memory` is the request's share of the memory budget, holding its body: a large body is
+    /// decoded off the I/O threads, and the decoded tensors are added to it.
     pub async fn predict(
         &self,
         target: Target,
-        decode: impl FnMut(&Model) -> Result<Decoded>,
+        memory: &Reservation,
+        mut decode: impl FnMut(&Model) -> Result<Decoded>,
     ) -> Result<Prediction> {
+        let decode = |model: &Model| {
+            let decoded = off_io_threads(memory.bytes(), || decode(model))?;
+            let tensors = decoded.inputs.iter().map(|(_, t)| t.data().memory_bytes());
+            memory.grow(tensors.sum())?;
+            Ok(decoded)
+        };
         let started = Instant::now();
         let span = tracing::debug_span!(
             "predict",

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::budget::Reservation;
 use crate::error::{Result, ServerError};
 use crate::pipeline::{Limits, Pipeline};
 
@@ -32,20 +33,24 @@ pub struct RestState {
 
 /// The whole REST API, and `pages` beside it.
 pub fn router(state: AppState, pages: Option<Router>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(tfserving::routes())
         .merge(v2::routes())
         .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(pages.unwrap_or_default())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed_load,
         ))
         .layer(axum::middleware::from_fn(refuse_cross_origin_changes))
-        .layer(axum::middleware::from_fn_with_state(state, authorize))
+        .layer(axum::middleware::from_fn_with_state(state, authorize));
+    // Around the whole router, not each route (which is what `Router::layer` wraps), so that
+    // the 405s' `Allow` header is there to quote.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(trace_client))
 }
 
@@ -75,18 +80,36 @@ async fn trace_client(request: axum::extract::Request, next: axum::middleware::N
 
 /// Gives the refusals axum makes itself (405 for a method a route lacks, its extractors'
 /// rejections) the `{"error": ...}` body every other error has: tritonclient reports an empty
-/// or text body as "client received an empty response from the server".
+/// or text body as "client received an empty response from the server". Every refusal of a
+/// request with a body also says `Connection: close`.
 async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     // Both clone without allocating (standard methods; the URI's bytes are shared).
     let method = request.method().clone();
     let uri = request.uri().clone();
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    // A refusal may come before the body was read; hyper then closes the connection after the
+    // answer, and a client that is not told so sends its next request into the closed socket.
+    let mut response = response;
+    if has_body {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    if is_json {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -214,36 +237,59 @@ async fn not_found(uri: axum::http::Uri) -> ServerError {
     ServerError::NotFound(format!("no route for {}", uri.path()))
 }
 
-/// Reads the body, then takes the request's place under the server's in-flight limit (429
-/// when none is left); the place is held while the returned permit lives.
+/// A request's body, read and admitted: its place under the in-flight limit and its share of
+/// the memory budget are held while this lives.
+pub(crate) struct AdmittedBody {
+    /// The body.
+    pub bytes: Bytes,
+    /// The request's reservation, holding the body so far.
+    pub memory: Reservation,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Reads the body into the memory budget, then takes the request's place under the server's
+/// in-flight limit (429 when none is left).
 pub(crate) async fn read_admitted_body(
     headers: &HeaderMap,
     body: Body,
     pipeline: &Pipeline,
-) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit)> {
-    let bytes = read_body(headers, body, pipeline.limits()).await?;
-    Ok((bytes, pipeline.try_admit()?))
+) -> Result<AdmittedBody> {
+    let memory = pipeline.reserve();
+    let bytes = read_body(headers, body, pipeline.limits(), &memory).await?;
+    Ok(AdmittedBody {
+        bytes,
+        memory,
+        _place: pipeline.try_admit()?,
+    })
 }
 
 /// Reads the body, refusing more than the limit with 413 before buffering it when possible,
-/// and a body arriving slower than the minimum rate with 408.
+/// a body arriving slower than the minimum rate with 408, and one the memory budget has no
+/// room for with 429 (a declared length is reserved before the first byte is read).
 ///
 /// Only an over-limit body is a 413: a body that cannot be read (malformed chunked encoding,
 /// a connection error) is a 400.
-async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &Limits,
+    memory: &Reservation,
+) -> Result<Bytes> {
     let too_large = |n: &dyn std::fmt::Display| {
         ServerError::PayloadTooLarge(format!(
             "request body of {n} bytes exceeds the limit of {} bytes",
             limits.max_body_bytes
         ))
     };
-    if let Some(length) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && length > limits.max_body_bytes
-    {
-        return Err(too_large(&length));
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(length) = declared {
+        if length > limits.max_body_bytes {
+            return Err(too_large(&length));
+        }
+        memory.grow(length)?;
     }
     let started = tokio::time::Instant::now();
     let mut body = body;
@@ -274,6 +320,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<B
                     limits.max_body_bytes
                 )));
             }
+            if declared.is_none() {
+                memory.grow(data.len())?;
+            }
             chunks.push(data);
         }
     }
@@ -296,11 +345,66 @@ pub(crate) fn json_ok(value: &impl serde::Serialize) -> Result<Response> {
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-/// Parses a JSON body, naming the position of a syntax error.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
+/// Parses a JSON body, naming the position of a syntax error. For bodies whose bulk the
+/// target type keeps as raw text or streams into tensors; see [`parse_json_tree`] otherwise.
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    serde_json::from_slice::<Object<T>>(bytes)
+        .map(|Object(value)| value)
         .map_err(|e| ServerError::BadRequest(format!("malformed JSON request: {e}")))
 }
+
+/// A request body that must be a JSON object: serde's derived structs also take a list of their
+/// fields in order, so `[null, [[1, 2]]]` would otherwise pass for `{"instances": [[1, 2]]}`.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// Parses JSON into a type that holds a node per value (`serde_json::Value`s, lists of
+/// objects), once the tree's cost is in the request's memory reservation: such a tree takes
+/// up to some 30 times the text (`0,` is two bytes, its `Value` 32 and its list slot more).
+/// Small texts are charged that worst case; large ones have their values counted first, in
+/// a pass that allocates nothing.
+pub(crate) fn parse_json_tree<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    memory: &Reservation,
+) -> Result<T> {
+    memory.grow(json_tree_bytes(bytes))?;
+    parse_json(bytes)
+}
+
+/// Bytes a `Value` tree of `text` takes, at most (see [`parse_json_tree`]).
+pub(crate) fn json_tree_bytes(text: &[u8]) -> usize {
+    const SMALL: usize = 64 * 1024;
+    if text.len() <= SMALL {
+        return text.len() * JSON_NODE_BYTES / 2;
+    }
+    let nodes = serval_core::instances::json_nodes_within(text, usize::MAX).unwrap_or(usize::MAX);
+    nodes.saturating_mul(JSON_NODE_BYTES) + text.len()
+}
+
+/// What one JSON value costs in a tree: a 32-byte `Value`, and its slot in a list grown by
+/// doubling.
+pub(crate) const JSON_NODE_BYTES: usize = 64;
 
 /// Response header naming the version that answered (TF Serving's body has no place for it).
 pub const VERSION_HEADER: &str = "serval-model-version";

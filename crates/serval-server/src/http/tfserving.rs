@@ -10,14 +10,19 @@ use axum::routing::get;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use serval_core::TensorData;
 use serval_core::instances::{
     DecodedInstances, InstancesSeed, KeyedPredictions, RowView, TensorView, decode_instances,
-    decode_whole,
+    decode_whole, json_nodes_within,
 };
 
-use super::{AppState, header_timeout, json_ok, parse_json, read_admitted_body};
+use super::{
+    AppState, JSON_NODE_BYTES, header_timeout, json_ok, parse_json, parse_json_tree,
+    read_admitted_body,
+};
+use crate::budget::Reservation;
 use crate::error::{Result, ServerError};
 use crate::pipeline::{Decoded, Limits, RequestOptions, Target};
 use crate::store::{ServedModel, VersionSelector};
@@ -112,8 +117,8 @@ async fn post_labels(
     struct LabelsRequest {
         labels: Vec<Map<String, Value>>,
     }
-    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
-    let request: LabelsRequest = parse_json(&bytes)?;
+    let body = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let request: LabelsRequest = parse_json_tree(&body.bytes, &body.memory)?;
     let mut labels = Vec::with_capacity(request.labels.len());
     for (i, entry) in request.labels.iter().enumerate() {
         let bad = |why: String| {
@@ -167,12 +172,15 @@ fn metadata_json(served_model: &ServedModel, model: &serval_core::Model) -> Valu
     })
 }
 
+/// A `:predict` body, its bulk left as text until its `Value` tree is known to be affordable.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PredictRequest {
+struct PredictRequest<'a> {
     signature_name: Option<String>,
-    instances: Option<Vec<Value>>,
-    inputs: Option<Value>,
+    #[serde(borrow)]
+    instances: Option<&'a RawValue>,
+    #[serde(borrow)]
+    inputs: Option<&'a RawValue>,
 }
 
 async fn post_model(
@@ -201,7 +209,7 @@ async fn post_model(
             )));
         }
     }
-    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let body = read_admitted_body(&headers, body, &state.pipeline).await?;
     let options = RequestOptions {
         timeout: header_timeout(&headers)?,
         ..RequestOptions::default()
@@ -211,10 +219,10 @@ async fn post_model(
     let mut warnings = Vec::new();
     let response = state
         .pipeline
-        .predict(target, |model| {
-            let (signature, decoded, is_columnar) = match decode_fast(&bytes, model) {
+        .predict(target, &body.memory, |model| {
+            let (signature, decoded, is_columnar) = match decode_fast(&body.bytes, model) {
                 Some((signature, decoded)) => (signature, decoded, false),
-                None => decode_slow(&bytes, model, limits)?,
+                None => decode_slow(&body.bytes, model, limits, &body.memory)?,
             };
             columnar = is_columnar;
             warnings = decoded.warnings;
@@ -328,18 +336,21 @@ impl<'de> Visitor<'de> for FastRequest<'_> {
 }
 
 /// Any request, through `serde_json::Value`: every error is reported here, in the order the
-/// checks have always run (JSON, signature, request form, size, instances).
+/// checks have always run (JSON, signature, request form, size, instances). The tree is built
+/// only once it is known to fit: within what the model takes in one request where its shapes
+/// are static (413 beyond, found without reading further), and within the memory budget.
 fn decode_slow(
     bytes: &[u8],
     model: &serval_core::Model,
     limits: &Limits,
+    memory: &Reservation,
 ) -> Result<(String, DecodedInstances, bool)> {
     let request: PredictRequest = parse_json(bytes)?;
     let signature = model
         .signature(request.signature_name.as_deref())
         .map_err(ServerError::from)?;
     let key_name = &model.config().key;
-    let (instances, columnar) = match (request.instances, request.inputs) {
+    let (raw, columnar) = match (request.instances, request.inputs) {
         (Some(_), Some(_)) => {
             return Err(ServerError::BadRequest(
                 "expecting only one of 'inputs' or 'instances' keys".into(),
@@ -351,9 +362,39 @@ fn decode_slow(
             ));
         }
         (Some(instances), None) => (instances, false),
-        (None, Some(inputs)) if !model.is_batchable() => {
+        (None, Some(inputs)) => (inputs, true),
+    };
+    let most = most_json_nodes(model, signature, limits);
+    let nodes =
+        json_nodes_within(raw.get().as_bytes(), most.unwrap_or(usize::MAX)).ok_or_else(|| {
+            ServerError::PayloadTooLarge(format!(
+                "'{}' holds more values than model '{}' takes in one request ({} instances of \
+                 its inputs {}, at most)",
+                if columnar { "inputs" } else { "instances" },
+                model.name(),
+                limits.max_instances,
+                signature.input_names()
+            ))
+        })?;
+    memory.grow(nodes.saturating_mul(JSON_NODE_BYTES) + raw.get().len())?;
+    // The text is valid JSON by now (`RawValue` checked it); only the nesting limit is left.
+    let tree = |raw: &RawValue| -> Result<Value> {
+        serde_json::from_str(raw.get())
+            .map_err(|e| ServerError::BadRequest(format!("malformed JSON request: {e}")))
+    };
+    let instances = match columnar {
+        false => match tree(raw)? {
+            Value::Array(instances) => instances,
+            other => {
+                return Err(ServerError::BadRequest(format!(
+                    "'instances' must be a list, got {}",
+                    serval_core::instances::json_kind(&other)
+                )));
+            }
+        },
+        true if !model.is_batchable() => {
             // A model that does not batch takes columnar inputs as the whole tensors they are.
-            let request = match inputs {
+            let request = match tree(raw)? {
                 Value::Object(map) => Value::Object(map),
                 bare if signature.inputs.len() == 1 => {
                     json!({ signature.inputs[0].name.clone(): bare })
@@ -369,7 +410,7 @@ fn decode_slow(
                 decode_whole(signature, key_name, &request).map_err(serval_core::Error::from)?;
             return Ok((signature.name.clone(), decoded, true));
         }
-        (None, Some(inputs)) => (columnar_to_instances(inputs, signature, key_name)?, true),
+        true => columnar_to_instances(tree(raw)?, signature, key_name)?,
     };
     // Before decoding: the tensors would cost memory the limit is there to bound.
     limits.check_instances(instances.len())?;
@@ -385,6 +426,36 @@ fn decode_slow(
         .into()
     })?;
     Ok((signature.name.clone(), decoded, columnar))
+}
+
+/// The most JSON values a valid request for `signature` can hold, when its inputs' shapes are
+/// static: each instance an object with its key and every input as nested lists, up to the
+/// instance limit. `None` when an axis is dynamic (then only the memory budget bounds it).
+fn most_json_nodes(
+    model: &serval_core::Model,
+    signature: &serval_core::Signature,
+    limits: &Limits,
+) -> Option<usize> {
+    let skip = usize::from(model.is_batchable());
+    let mut per_instance = 2usize; // the instance's object and its key
+    for spec in &signature.inputs {
+        // Each level of nesting is one list per element of the levels above it.
+        let mut level = 1usize;
+        for dim in spec.shape.iter().skip(skip) {
+            per_instance = per_instance.checked_add(level)?;
+            level = level.checked_mul((*dim)?)?;
+        }
+        per_instance = per_instance.checked_add(level)?;
+    }
+    let instances = if model.is_batchable() {
+        limits.max_instances
+    } else {
+        1
+    };
+    // The outer list or object, and one list per input for columnar requests.
+    per_instance
+        .checked_mul(instances)?
+        .checked_add(2 + signature.inputs.len())
 }
 
 /// A `:predict` response, serialized straight from the output tensors (f32 stays f32).
@@ -518,8 +589,8 @@ async fn classify_or_regress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
-    let request: ExamplesRequest = parse_json(&bytes)?;
+    let body = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let request: ExamplesRequest = parse_json_tree(&body.bytes, &body.memory)?;
     state
         .pipeline
         .limits()
@@ -544,7 +615,7 @@ async fn classify_or_regress(
     let mut scores_name = String::new();
     let response = state
         .pipeline
-        .predict(target, |model| {
+        .predict(target, &body.memory, |model| {
             let signature = model
                 .signature(request.signature_name.as_deref())
                 .map_err(ServerError::from)?;

@@ -52,6 +52,15 @@ impl ModelStore {
         };
         let desired = match self.repository.served_versions(name, &config) {
             Ok(desired) => desired,
+            // Every version was deleted: nothing is kept serving from files that are gone.
+            Err(err)
+                if self
+                    .repository
+                    .versions_on_disk(name)
+                    .is_ok_and(|v| v.is_empty()) =>
+            {
+                return drop_model(name, current, old, next, err.to_string());
+            }
             Err(err) => return keep_on_failure(name, current, old, next, err.to_string()),
         };
         // `latest(n)` means the n newest versions that work: a broken newest version falls back
@@ -78,6 +87,11 @@ impl ModelStore {
                 break;
             }
             let dir = self.repository.root().join(name).join(version.to_string());
+            // A version whose model file was deleted is gone, not broken: unloaded like a
+            // deleted directory (TF Serving's rule), never kept serving from memory.
+            if config.kind == ModelKind::Onnx && !dir.join(MODEL_FILE).exists() {
+                continue;
+            }
             let fingerprint = Fingerprint::of(&dir, &self.repository.root().join(name));
             let loaded = current.and_then(|m| m.versions.get(&version));
             if let Some(loaded) = loaded
@@ -125,14 +139,17 @@ impl ModelStore {
             }
         }
         if versions.is_empty() {
-            let reason = next
+            let reasons: Vec<String> = next
                 .version_failures
                 .iter()
                 .filter(|((n, _), _)| n == name)
                 .map(|((_, v), r)| format!("version {v}: {r}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return keep_on_failure(name, current, old, next, reason);
+                .collect();
+            if reasons.is_empty() {
+                let reason = format!("no version holds a {MODEL_FILE} any more");
+                return drop_model(name, current, old, next, reason);
+            }
+            return keep_on_failure(name, current, old, next, reasons.join("; "));
         }
         if current.is_none_or(|m| m.versions.keys().ne(versions.keys()) || config_changed) {
             tracing::info!(model = %name, versions = ?versions.keys().collect::<Vec<_>>(), "serving");
@@ -276,6 +293,20 @@ fn keep_on_failure(
             next.failures.insert(name.to_owned(), reason);
         }
     }
+}
+
+/// Stops serving a model whose versions are gone from the repository, recording why.
+fn drop_model(
+    name: &str,
+    current: Option<&Arc<ServedModel>>,
+    old: &Snapshot,
+    next: &mut Snapshot,
+    reason: String,
+) {
+    if current.is_some() || old.failures.get(name) != Some(&reason) {
+        tracing::warn!(model = %name, reason = %reason, "no longer serving: its files are gone");
+    }
+    next.failures.insert(name.to_owned(), reason);
 }
 
 /// Modification times and sizes of the files a version is built from.

@@ -6,7 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use serval_core::Tensor;
 use serval_core::instances::FlatView;
 
@@ -20,30 +21,74 @@ use crate::store::VersionSelector;
 /// Header giving the JSON part's length when binary tensor data follows it.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// An `infer` request's JSON part; each input's `data` stays raw text until it is decoded
+/// into its tensor, so no tree of values is ever built from a request's bulk.
 #[derive(Deserialize)]
-struct InferRequestBody {
+#[serde(deny_unknown_fields)]
+struct InferRequestBody<'a> {
     id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputTensor>,
-    outputs: Option<Vec<RequestedOutput>>,
+    /// KServe's client names the model in the body as well as in the path.
+    model_name: Option<String>,
+    model_version: Option<String>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    inputs: Vec<InputTensor<'a>>,
+    #[serde(borrow)]
+    outputs: Option<Vec<RequestedOutput<'a>>>,
+}
+
+/// OIP `parameters`: names to booleans, numbers or strings, as the protocol defines them. Kept
+/// as raw text (borrowed from the body) and read only by name, so a huge list in a parameter
+/// costs nothing until it is refused.
+type Parameters<'a> = std::collections::HashMap<String, &'a RawValue>;
+
+/// Parameter `name` read by `read`, or a 400 saying it must be `what`.
+fn parameter<T>(
+    parameters: &Parameters,
+    name: &str,
+    what: &str,
+    read: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>> {
+    let Some(raw) = parameters.get(name) else {
+        return Ok(None);
+    };
+    let text = raw.get();
+    let value = match text.as_bytes().first() {
+        Some(b'[') => Err("a list".to_owned()),
+        Some(b'{') => Err("an object".to_owned()),
+        _ => serde_json::from_str::<Value>(text).map_err(|e| e.to_string()),
+    };
+    let kind = match &value {
+        Ok(value) => match read(value) {
+            Some(read) => return Ok(Some(read)),
+            None => serval_core::instances::json_kind(value),
+        },
+        Err(kind) => kind.clone(),
+    };
+    Err(ServerError::BadRequest(format!(
+        "parameter '{name}' must be {what}, got {kind}"
+    )))
 }
 
 #[derive(Deserialize)]
-struct InputTensor {
+#[serde(deny_unknown_fields)]
+struct InputTensor<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<codec::JsonData>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct RequestedOutput {
+#[serde(deny_unknown_fields)]
+struct RequestedOutput<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
 }
 
 /// An `infer` response's JSON part, serialized straight from the output tensors: building a
@@ -88,7 +133,9 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let body = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let bytes = &body.bytes;
+    let path_version = version.clone();
     let target = Target {
         model,
         version: VersionSelector::parse(version.as_deref())?,
@@ -127,20 +174,19 @@ pub(super) async fn infer(
     let mut binary_outputs = BinaryOutputs::default();
     let response = state
         .pipeline
-        .predict(target, |model| {
+        .predict(target, &body.memory, |model| {
             let request: InferRequestBody = parse_json(json_part)?;
+            check_named_target(&request, model, path_version.as_deref())?;
             let options = RequestOptions {
-                timeout: match request.parameters.get("timeout") {
-                    // Triton's schedule-policy extension: the timeout parameter is in microseconds.
-                    Some(v) => RequestOptions::timeout_parameter(
-                        v.as_i64().map(i128::from).ok_or_else(|| {
-                            ServerError::BadRequest(
-                                "parameter 'timeout' must be a non-negative integer (microseconds)"
-                                    .into(),
-                            )
-                        })?,
-                    )?
-                    .or(header_timeout(&headers)?),
+                // Triton's schedule-policy extension: the timeout parameter is in microseconds.
+                timeout: match parameter(
+                    &request.parameters,
+                    "timeout",
+                    "a non-negative integer (microseconds)",
+                    Value::as_i64,
+                )? {
+                    Some(us) => RequestOptions::timeout_parameter(i128::from(us))?
+                        .or(header_timeout(&headers)?),
                     None => header_timeout(&headers)?,
                 },
                 outputs: request
@@ -151,13 +197,13 @@ pub(super) async fn infer(
             };
             let mut inputs = decode_inputs(&request.inputs, binary)?;
             let keys = take_key_tensor(&mut inputs, &model.config().key)?;
-            binary_outputs = BinaryOutputs::of(&request);
+            binary_outputs = BinaryOutputs::of(&request)?;
+            let signature = parameter(&request.parameters, "signature_name", "a string", |v| {
+                v.as_str().map(str::to_owned)
+            })?;
             id = request.id;
             Ok(Decoded {
-                signature: match request.parameters.get("signature_name") {
-                    Some(Value::String(s)) => Some(s.clone()),
-                    _ => None,
-                },
+                signature,
                 inputs,
                 keys,
                 options,
@@ -229,6 +275,32 @@ pub(super) async fn infer(
     Ok(res)
 }
 
+/// A body that names its model or version must name the ones of its path: a client that sends
+/// `model_name: a` to `/v2/models/b/infer` has a bug, which answering from `b` would hide.
+fn check_named_target(
+    request: &InferRequestBody,
+    model: &serval_core::Model,
+    path_version: Option<&str>,
+) -> Result<()> {
+    if let Some(named) = &request.model_name
+        && named != model.name()
+    {
+        return Err(ServerError::BadRequest(format!(
+            "the body's model_name '{named}' is not the model of the path ('{}')",
+            model.name()
+        )));
+    }
+    if let Some(named) = request.model_version.as_deref().filter(|v| !v.is_empty())
+        && Some(named) != path_version
+    {
+        return Err(ServerError::BadRequest(format!(
+            "the body's model_version '{named}' is not the version of the path ({})",
+            path_version.unwrap_or("none: the default version")
+        )));
+    }
+    Ok(())
+}
+
 /// Which outputs a request wants as Triton binary parts rather than JSON.
 #[derive(Default)]
 struct BinaryOutputs {
@@ -237,20 +309,18 @@ struct BinaryOutputs {
 }
 
 impl BinaryOutputs {
-    fn of(request: &InferRequestBody) -> BinaryOutputs {
-        BinaryOutputs {
-            all: request
-                .parameters
-                .get("binary_data_output")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            by_name: request
-                .outputs
-                .iter()
-                .flatten()
-                .filter_map(|r| Some((r.name.clone(), r.parameters.get("binary_data")?.as_bool()?)))
-                .collect(),
+    fn of(request: &InferRequestBody) -> Result<BinaryOutputs> {
+        let flag = |parameters, name| parameter(parameters, name, "a boolean", Value::as_bool);
+        let mut by_name = Vec::new();
+        for output in request.outputs.iter().flatten() {
+            if let Some(binary) = flag(&output.parameters, "binary_data")? {
+                by_name.push((output.name.clone(), binary));
+            }
         }
+        Ok(BinaryOutputs {
+            all: flag(&request.parameters, "binary_data_output")?.unwrap_or(false),
+            by_name,
+        })
     }
 
     fn wanted(&self, name: &str) -> bool {
@@ -267,17 +337,21 @@ fn decode_inputs(inputs: &[InputTensor], mut binary: &[u8]) -> Result<Vec<(Strin
     for input in inputs {
         let data_type = codec::data_type_of(&input.name, &input.datatype)?;
         let shape = codec::shape_of(&input.name, &input.shape)?;
-        let tensor = match (input.parameters.get("binary_data_size"), &input.data) {
-            (Some(size), _) => {
-                let size = size
-                    .as_u64()
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| {
-                        ServerError::BadRequest(format!(
-                            "input '{}': binary_data_size must be a non-negative integer",
-                            input.name
-                        ))
-                    })?;
+        let size = parameter(
+            &input.parameters,
+            "binary_data_size",
+            "a non-negative integer",
+            |v| v.as_u64().and_then(|s| usize::try_from(s).ok()),
+        )
+        .map_err(|e| ServerError::BadRequest(format!("input '{}': {e}", input.name)))?;
+        let tensor = match (size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(ServerError::BadRequest(format!(
+                    "input '{}' has both data and binary_data_size: send its values one way",
+                    input.name
+                )));
+            }
+            (Some(size), None) => {
                 if size > binary.len() {
                     return Err(ServerError::BadRequest(format!(
                         "input '{}': binary_data_size {size} exceeds the {} bytes of binary data left",

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ModelPath;
 use crate::error::Result;
-use crate::http::{AppState, json_ok, parse_json, read_admitted_body};
+use crate::http::{AppState, json_ok, parse_json_tree, read_admitted_body};
 use crate::pipeline::ReportedPrediction;
 use crate::store::VersionSelector;
 
@@ -31,8 +31,8 @@ pub(super) async fn log(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let (bytes, _admitted) = read_admitted_body(&headers, body, &state.pipeline).await?;
-    let request: LogRequest = parse_json(&bytes)?;
+    let body = read_admitted_body(&headers, body, &state.pipeline).await?;
+    let request: LogRequest = parse_json_tree(&body.bytes, &body.memory)?;
     let version = VersionSelector::parse(version.as_deref())?;
     let accepted = state
         .pipeline

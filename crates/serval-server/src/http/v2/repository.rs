@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::error::{Result, ServerError};
+use crate::error::Result;
 use crate::http::{AppState, json_ok};
 
 /// Triton's model repository extension: every version and its state.
@@ -25,10 +25,7 @@ pub(super) async fn load(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Response> {
-    let store = state.pipeline.store_handle();
-    tokio::task::spawn_blocking(move || store.load_model(&model))
-        .await
-        .map_err(|e| ServerError::Unavailable(format!("load task failed: {e}")))??;
+    state.pipeline.load_model(&model).await?;
     json_ok(&json!({}))
 }
 
@@ -37,10 +34,6 @@ pub(super) async fn unload(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Response> {
-    // Waits for any reconciliation in progress, so it runs off the async threads like a load.
-    let store = state.pipeline.store_handle();
-    tokio::task::spawn_blocking(move || store.unload_model(&model))
-        .await
-        .map_err(|e| ServerError::Unavailable(format!("unload task failed: {e}")))??;
+    state.pipeline.unload_model(&model).await?;
     json_ok(&json!({}))
 }
