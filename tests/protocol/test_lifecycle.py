@@ -222,6 +222,35 @@ def test_a_version_whose_files_are_deleted_stops_serving(repo, live_server):
     assert requests.get(f"{server.url}/v2/models/{MODEL}/ready", timeout=10).status_code != 200
 
 
+def test_kill_9_while_a_version_is_half_written_restarts_on_the_last_good_one(repo):
+    """A deployment copying version 2 in place, and the server killed meanwhile: restarted, it
+    serves version 1 (latest(1) means the newest version that works) and names version 2's
+    failure; once the copy completes, version 2 serves."""
+    write_atomically(repo / MODEL / "config.toml", "[versions]\npolicy = { latest = 1 }\n")
+    body = (REPO / MODEL / "1" / "model.onnx").read_bytes()
+    server = ServalServer("--poll-interval-secs", "0.5", repo=repo)
+    (repo / MODEL / "2").mkdir()
+    with open(repo / MODEL / "2" / "model.onnx", "wb") as half:
+        half.write(body[: len(body) // 2])
+        half.flush()
+        failed = lambda e: any(x["version"] == "2" and x["state"] != "READY" for x in e)  # noqa: E731
+        wait_for(server, failed, "the half-written version 2 to be refused")
+        assert ready_versions(index(server)) == {1}
+        server.kill()
+        server = ServalServer("--poll-interval-secs", "0.5", repo=repo)
+        try:
+            entries = index(server)
+            assert ready_versions(entries) == {1} and failed(entries), entries
+            res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
+            assert res.status_code == 200 and res.headers["serval-model-version"] == "1", res.text
+            half.write(body[len(body) // 2:])
+        except BaseException:
+            server.kill()
+            raise
+    wait_for(server, lambda e: ready_versions(e) == {2}, "the completed version 2 to serve")
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
 def test_grpc_repository_api_as_tritonclient_calls_it(repo, live_server):
     """Triton's model repository extension over gRPC: the same index, unload and load as REST,
     with tritonclient.grpc's own calls (its unload always sends `unload_dependents`)."""

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from support import REPO, ServalServer, moto_s3, serval_bin
+from support import REPO, ServalServer, moto_s3, serval_bin, serve_command, serve_env
 
 MODEL = "iris_lr"
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -68,6 +68,40 @@ def test_serves_from_s3_and_follows_uploads_and_deletions(s3, tmp_path, monkeypa
             assert time.time() < deadline, f"version 1 never went away: {versions}"
             time.sleep(0.2)
         assert not (mirror / "1").exists()
+    finally:
+        assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+
+
+@pytest.mark.parametrize("step", ["sync-partial", "sync-file"])
+def test_kill_9_during_a_sync_then_a_restart_serves_the_bucket(s3, tmp_path, monkeypatch, step):
+    """A server killed while it mirrors a new version (a file half fetched, or one of two
+    fetched): the next start finishes the mirror and serves the new version, and no partial
+    file is left in the cache."""
+    client, env = s3
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    prefix = f"crash-{step}"
+    body = (REPO / MODEL / "1" / "model.onnx").read_bytes()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{MODEL}/1/model.onnx", Body=body)
+    args = ("--cache-dir", str(tmp_path / "cache"))
+    repo = f"s3://{BUCKET}/{prefix}"
+    server = ServalServer(*args, repo=repo)
+    assert predict_version(server) == "1"
+    assert server.terminate(timeout=10.0) == 0, server.stderr_text()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{MODEL}/2/model.onnx", Body=body)
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{MODEL}/config.toml", Body=b"[versions]\npolicy = \"all\"\n")
+    killed = subprocess.run(serve_command(repo, *args), env=serve_env({"SERVAL_FAULT_POINT": step}),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+    mirror = tmp_path / "cache" / "s3" / BUCKET / prefix / MODEL
+    if step == "sync-partial":
+        assert list(mirror.rglob(".*.partial")), "the fault point was not inside a download"
+    server = ServalServer(*args, repo=repo)
+    try:
+        assert predict_version(server) == "2"
+        versions = requests.get(f"{server.url}/v1/models/{MODEL}", timeout=10).json()
+        assert {s["version"] for s in versions["model_version_status"]} == {"1", "2"}, versions
+        assert not list(mirror.rglob(".*.partial"))
     finally:
         assert server.terminate(timeout=10.0) == 0, server.stderr_text()
 

@@ -372,7 +372,7 @@ impl BatchRun {
                 return Err(e.into());
             }
         };
-        fault_point("staged");
+        serval_storage::fault_point("staged");
         let rows_out = written
             .first()
             .and_then(|b| {
@@ -382,7 +382,7 @@ impl BatchRun {
             })
             .map_or(0, |c| c.value(0));
         let files = out.name_parts(&job_id, self.job.format).await?;
-        fault_point("named");
+        serval_storage::fault_point("named");
         let manifest = BatchManifest {
             model: self.model.name().to_owned(),
             version: self.model.version(),
@@ -674,19 +674,6 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Kills the process here when `SERVAL_FAULT_POINT` names this step of the commit: how the
-/// tests check what a reader sees after a `kill -9` at each step.
-fn fault_point(step: &str) {
-    if std::env::var("SERVAL_FAULT_POINT").is_ok_and(|point| point == step) {
-        #[cfg(unix)]
-        // SAFETY: kill(2) on this process's own id has no memory effects.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        std::process::abort();
-    }
-}
-
 /// The output location as an object store and prefix (local directories included).
 struct Output {
     location: String,
@@ -906,7 +893,7 @@ impl Output {
                 )
                 .await
                 .map_err(|e| self.error(e))?;
-            fault_point("published");
+            serval_storage::fault_point("published");
             for path in old {
                 let replaced = path
                     .filename()
@@ -924,17 +911,17 @@ impl Output {
             .and_then(|()| std::fs::File::open(&manifest_path)?.sync_all())
             .and_then(|()| std::fs::File::open(&staging)?.sync_all())
             .map_err(self.io_error("writing _SUCCESS"))?;
-        fault_point("manifest");
+        serval_storage::fault_point("manifest");
         let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
         if occupied {
             exchange(&staging, dir).map_err(self.io_error("replacing the previous output"))?;
-            fault_point("published");
+            serval_storage::fault_point("published");
             std::fs::remove_dir_all(&staging)
                 .map_err(self.io_error("removing the previous output"))?;
         } else {
             // Over nothing, or over an empty directory (which rename replaces).
             std::fs::rename(&staging, dir).map_err(self.io_error("publishing the output"))?;
-            fault_point("published");
+            serval_storage::fault_point("published");
         }
         if let Some(parent) = dir.parent() {
             std::fs::File::open(parent)

@@ -316,6 +316,46 @@ pub struct InstancesSeed<'a> {
     pub inputs: &'a [TensorSpec],
     /// The model's key field name.
     pub key_name: &'a str,
+    /// Most instances a request may hold: past it the fast path stops reading (the caller's
+    /// slow path then refuses the request without building it).
+    pub max_instances: usize,
+}
+
+/// Checks the fast path against the slow one on any bytes: the fast path either refuses or
+/// decodes what [`decode_instances`] (the reference, through `Value`) decodes, to the same
+/// keys, tensors and warnings; it never accepts what the slow path refuses. Panics when they
+/// disagree: for tests and the fuzz targets.
+#[doc(hidden)]
+pub fn assert_fast_path_agrees(signature: &Signature, json: &[u8]) {
+    let shown = String::from_utf8_lossy(json);
+    let slow = serde_json::from_slice::<Vec<Value>>(json)
+        .map_err(|e| e.to_string())
+        .and_then(|instances| {
+            decode_instances(signature, "key", &instances).map_err(|e| e.to_string())
+        });
+    let seed = InstancesSeed {
+        inputs: &signature.inputs,
+        key_name: "key",
+        max_instances: usize::MAX,
+    };
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let fast = seed
+        .deserialize(&mut de)
+        .and_then(|decoded| de.end().map(|()| decoded));
+    match (slow, fast) {
+        (Ok(slow), Ok(fast)) => {
+            assert_eq!(slow.keys, fast.keys, "{shown}");
+            // Debug output, so NaN compares equal to NaN.
+            assert_eq!(
+                format!("{:?}", slow.inputs),
+                format!("{:?}", fast.inputs),
+                "{shown}"
+            );
+            assert_eq!(slow.warnings, fast.warnings, "{shown}");
+        }
+        (Err(_), Err(_)) | (Ok(_), Err(_)) => {}
+        (Err(e), Ok(_)) => panic!("fast path accepted {shown}, slow path says {e}"),
+    }
 }
 
 /// Why the fast path gave up (never shown to clients: the slow path reports the real error).
@@ -349,6 +389,9 @@ impl<'de> Visitor<'de> for InstancesSeed<'_> {
             key_name: self.key_name,
         })? {
             keys.push(key);
+            if keys.len() > self.max_instances {
+                return Err(refuse());
+            }
         }
         if keys.is_empty() {
             return Err(refuse());
@@ -987,10 +1030,11 @@ impl Scalar for half::f16 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde::de::DeserializeSeed;
     use serde_json::Value;
 
-    use super::{InstancesSeed, decode_instances, json_nodes_within, sampled};
+    use super::{InstancesSeed, assert_fast_path_agrees, json_nodes_within, sampled};
     use crate::graph::TensorSpec;
     use crate::signature::Signature;
     use crate::tensor::DataType;
@@ -1009,6 +1053,55 @@ mod tests {
             outputs: vec![],
             postprocess: vec![],
             class_maps: Default::default(),
+        }
+    }
+
+    /// JSON built from the pieces instances are made of (and the wrong ones), nested a few
+    /// levels, so that random cases reach the decoders' corners rather than their first check.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            (-3i64..300).prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec!["x", "NaN", "-inf", "1", "k1", ""])
+                .prop_map(|s| Value::String(s.into())),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(4, 64, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["features", "key", "a", "b", "s", "b64"])
+                        .prop_map(String::from),
+                    inner,
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_agrees_on_any_instances(
+            instances in prop::collection::vec(json_value(), 0..4),
+            which in 0usize..4,
+        ) {
+            let sigs = [
+                signature(&[("features", DataType::Fp32, &[None, Some(3)])]),
+                signature(&[("features", DataType::Int64, &[None, None])]),
+                signature(&[("a", DataType::Uint8, &[None]), ("b", DataType::Bytes, &[None, Some(2)])]),
+                signature(&[("s", DataType::Bool, &[None])]),
+            ];
+            let json = serde_json::to_string(&instances).unwrap();
+            assert_fast_path_agrees(&sigs[which], json.as_bytes());
+        }
+
+        #[test]
+        fn any_bytes_decode_alike_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let sig = signature(&[("features", DataType::Fp32, &[None, Some(3)])]);
+            assert_fast_path_agrees(&sig, &bytes);
+            let _ = json_nodes_within(&bytes, 10);
         }
     }
 
@@ -1034,6 +1127,7 @@ mod tests {
         let seed = InstancesSeed {
             inputs: &row3.inputs,
             key_name: "key",
+            max_instances: usize::MAX,
         };
         let mut de = serde_json::Deserializer::from_str(&json);
         let err = seed.deserialize(&mut de).unwrap_err();
@@ -1093,27 +1187,7 @@ mod tests {
             (&scalar, r#"[true]"#),
         ];
         for (sig, json) in cases {
-            let instances: Vec<Value> = serde_json::from_str(json).unwrap();
-            let slow = decode_instances(sig, "key", &instances);
-            let seed = InstancesSeed {
-                inputs: &sig.inputs,
-                key_name: "key",
-            };
-            let fast = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
-            match (slow, fast) {
-                (Ok(slow), Ok(fast)) => {
-                    assert_eq!(slow.keys, fast.keys, "{json}");
-                    // Debug output, so NaN compares equal to NaN.
-                    assert_eq!(
-                        format!("{:?}", slow.inputs),
-                        format!("{:?}", fast.inputs),
-                        "{json}"
-                    );
-                    assert_eq!(slow.warnings, fast.warnings, "{json}");
-                }
-                (Err(_), Err(_)) | (Ok(_), Err(_)) => {}
-                (Err(e), Ok(_)) => panic!("fast path accepted {json}, slow path says {e}"),
-            }
+            assert_fast_path_agrees(sig, json.as_bytes());
         }
         // The common forms take the fast path.
         for (sig, json) in [
@@ -1122,6 +1196,7 @@ mod tests {
             let seed = InstancesSeed {
                 inputs: &sig.inputs,
                 key_name: "key",
+                max_instances: usize::MAX,
             };
             let fast = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
             assert!(fast.is_ok(), "{json}: {:?}", fast.err());

@@ -10,6 +10,7 @@ use serval_core::tensor::checked_elements;
 use serval_core::{DataType, Tensor, TensorData};
 
 use crate::error::{Result, ServerError};
+use crate::pipeline::Limits;
 
 /// Validates a protocol shape (no negatives, no overflow) and converts it.
 pub fn shape_of(name: &str, shape: &[i64]) -> Result<Vec<usize>> {
@@ -25,6 +26,15 @@ pub fn shape_of(name: &str, shape: &[i64]) -> Result<Vec<usize>> {
     checked_elements(&shape)
         .map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
     Ok(shape)
+}
+
+/// Refuses a tensor that declares more instances (axis 0) than `rows_limit` allows, before
+/// its values are read; `None` for a model that does not batch on axis 0.
+pub fn check_declared_rows(shape: &[usize], rows_limit: Option<&Limits>) -> Result<()> {
+    match (rows_limit, shape.first()) {
+        (Some(limits), Some(&rows)) => limits.check_instances(rows),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a protocol datatype name.
@@ -258,6 +268,98 @@ impl<'de> Visitor<'de> for &mut FlatData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const TYPES: [DataType; 6] = [
+        DataType::Fp32,
+        DataType::Int64,
+        DataType::Uint8,
+        DataType::Bool,
+        DataType::Fp16,
+        DataType::Bytes,
+    ];
+
+    /// The reference reading of OIP JSON `data`: the whole value as a `Value` tree, its nested
+    /// lists flattened, every leaf through the shared scalar conversion.
+    fn reference_json(data_type: DataType, shape: &[usize], data: &Value) -> Option<Tensor> {
+        fn flatten<'v>(value: &'v Value, leaves: &mut Vec<&'v Value>) {
+            match value {
+                Value::Array(items) => items.iter().for_each(|v| flatten(v, leaves)),
+                leaf => leaves.push(leaf),
+            }
+        }
+        let mut leaves = Vec::new();
+        flatten(data, &mut leaves);
+        let mut values = TensorData::empty(data_type);
+        for leaf in &leaves {
+            push_json_scalar(leaf, &mut values).ok()?;
+        }
+        (leaves.len() == checked_elements(shape).ok()?)
+            .then(|| Tensor::new(shape.to_vec(), values).ok())
+            .flatten()
+    }
+
+    fn json_data() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            (-2i64..300).prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec!["a", "NaN", "inf", "7"])
+                .prop_map(|s| Value::String(s.into())),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+            Just(serde_json::json!({"b64": "eQ=="})),
+        ];
+        leaf.prop_recursive(3, 32, 4, |inner| {
+            prop::collection::vec(inner, 0..4).prop_map(Value::Array)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn json_data_decodes_as_the_reference_does(
+            data in json_data(),
+            which in 0usize..TYPES.len(),
+            shape in prop::collection::vec(0usize..4, 0..3),
+        ) {
+            let data_type = TYPES[which];
+            let raw = serde_json::value::to_raw_value(&data).unwrap();
+            let decoded = decode_json("x", data_type, shape.clone(), &raw).ok();
+            let reference = reference_json(data_type, &shape, &data);
+            // Debug output, so NaN compares equal to NaN.
+            prop_assert_eq!(format!("{decoded:?}"), format!("{reference:?}"), "{}", raw.get());
+        }
+
+        #[test]
+        fn raw_bytes_decode_exactly_when_they_fill_the_shape(
+            bytes in prop::collection::vec(any::<u8>(), 0..40),
+            which in 0usize..TYPES.len(),
+            shape in prop::collection::vec(0usize..4, 0..3),
+        ) {
+            let data_type = TYPES[which];
+            match decode_raw("x", data_type, shape.clone(), &bytes) {
+                // Whatever decodes encodes back to the same bytes (BYTES: the same strings).
+                Ok(tensor) => {
+                    prop_assert_eq!(tensor.shape(), &shape[..]);
+                    // (BOOL reads any non-zero byte as true.)
+                    if data_type != DataType::Bool {
+                        prop_assert_eq!(&encode_raw(&tensor), &bytes);
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("input 'x': "), "{e}"),
+            }
+            if let Some(size) = data_type.size_of() {
+                let fits = checked_elements(&shape).ok().map(|n| n * size) == Some(bytes.len());
+                prop_assert_eq!(decode_raw("x", data_type, shape.clone(), &bytes).is_ok(), fits);
+            }
+        }
+
+        #[test]
+        fn no_json_text_panics_the_decoder(text in "[\\[\\]{}0-9., \"a-z:-]{0,40}") {
+            if let Ok(raw) = serde_json::from_str::<&RawValue>(&text) {
+                let _ = decode_json("x", DataType::Fp32, vec![2], raw);
+            }
+        }
+    }
 
     fn data(value: serde_json::Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(&value).unwrap()

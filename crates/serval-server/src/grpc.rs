@@ -12,7 +12,7 @@ use crate::auth::{Access, AuthTokens};
 use crate::budget::{Reservation, off_io_threads};
 use crate::codec;
 use crate::error::ServerError;
-use crate::pipeline::{Decoded, Pipeline, RequestOptions, Target, take_key_tensor};
+use crate::pipeline::{Decoded, Limits, Pipeline, RequestOptions, Target, take_key_tensor};
 use crate::store::VersionSelector;
 
 /// Generated protobuf types and service traits.
@@ -60,12 +60,23 @@ where
 /// See [`Codec`].
 pub struct Decoder<U>(tonic_prost::ProstDecoder<U>);
 
-impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+impl<U: prost::Message + Default + 'static> tonic::codec::Decoder for Decoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, Status> {
         use bytes::Buf as _;
+        // What prost is about to allocate, charged first: a message of millions of empty
+        // entries is a few bytes each on the wire and a `Vec` or a struct each decoded.
+        let cost = if std::any::TypeId::of::<U>() == std::any::TypeId::of::<ModelInferRequest>() {
+            decoded_bytes(buf.chunk()).unwrap_or(0)
+        } else {
+            buf.remaining().saturating_mul(SMALL_MESSAGE_AMPLIFICATION)
+        };
+        let charged = CALL_MEMORY.try_with(|memory| memory.grow(cost));
+        if let Ok(Err(refused)) = charged {
+            return Err(refused.into());
+        }
         let decoded = off_io_threads(buf.remaining(), || self.0.decode(buf));
         decoded.map_err(|status| {
             Status::invalid_argument(format!(
@@ -138,6 +149,79 @@ impl AdmissionLayer {
 /// A call's share of the memory budget, in its request's extensions for the handler.
 #[derive(Clone)]
 struct CallMemory(Arc<Reservation>);
+
+tokio::task_local! {
+    /// The same share, for the codec: tonic decodes the message inside the call's future.
+    static CALL_MEMORY: Arc<Reservation>;
+}
+
+/// What the metadata and repository messages may cost decoded, per wire byte, at most (their
+/// maps and strings; they are small).
+const SMALL_MESSAGE_AMPLIFICATION: usize = 32;
+
+/// Bytes prost allocates decoding a `ModelInferRequest` (beyond the message's own bytes),
+/// read off the wire format without decoding it: each entry of a repeated field of messages
+/// or bytes is a struct or a `Vec` of its own, each repeated scalar 8 bytes (twice, for the
+/// doubling of the `Vec` it is pushed to). `None` when the bytes are not well-formed (prost
+/// then says why).
+fn decoded_bytes(message: &[u8]) -> Option<usize> {
+    use model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use std::mem::size_of;
+    /// Which message a nested slice is, for the fields that hold further entries.
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Request,
+        Input,
+        Contents,
+        Output,
+    }
+    fn walk(mut buf: &[u8], kind: Kind) -> Option<usize> {
+        const MAP_ENTRY: usize = 128;
+        const SCALAR: usize = 16;
+        let mut cost = 0usize;
+        while !buf.is_empty() {
+            let (tag, wire) = prost::encoding::decode_key(&mut buf).ok()?;
+            let entry = match wire {
+                prost::encoding::WireType::LengthDelimited => {
+                    let len =
+                        usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+                    let (field, rest) = buf.split_at_checked(len)?;
+                    buf = rest;
+                    let nested = |kind| walk(field, kind);
+                    match (kind, tag) {
+                        (Kind::Request, 5) => size_of::<InferInputTensor>() + nested(Kind::Input)?,
+                        (Kind::Request, 6) => {
+                            size_of::<InferRequestedOutputTensor>() + nested(Kind::Output)?
+                        }
+                        (Kind::Request, 4) | (Kind::Input, 4) | (Kind::Output, 2) => {
+                            MAP_ENTRY + len
+                        }
+                        (Kind::Input, 5) => nested(Kind::Contents)?,
+                        // Packed scalars: at most one per byte.
+                        (Kind::Input, 3) | (Kind::Contents, 1..=7) => SCALAR * len,
+                        _ => size_of::<Vec<u8>>() + len,
+                    }
+                }
+                prost::encoding::WireType::Varint => {
+                    prost::encoding::decode_varint(&mut buf).ok()?;
+                    SCALAR
+                }
+                prost::encoding::WireType::SixtyFourBit => {
+                    buf = buf.get(8..)?;
+                    SCALAR
+                }
+                prost::encoding::WireType::ThirtyTwoBit => {
+                    buf = buf.get(4..)?;
+                    SCALAR
+                }
+                _ => return None,
+            };
+            cost = cost.saturating_add(entry);
+        }
+        Some(cost)
+    }
+    walk(message, Kind::Request)
+}
 
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
@@ -212,11 +296,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(axum::http::Request::from_parts(parts, body));
-        Box::pin(async move {
-            let response = call.await;
-            drop(memory);
-            response
-        })
+        Box::pin(CALL_MEMORY.scope(memory, call))
     }
 }
 
@@ -447,7 +527,8 @@ impl GrpcInferenceService for InferenceService {
         let response = self
             .pipeline
             .predict(target, &memory, |model| {
-                let mut inputs = decode_inputs(&r)?;
+                let rows_limit = model.is_batchable().then_some(self.pipeline.limits());
+                let mut inputs = decode_inputs(&r, rows_limit)?;
                 let keys = take_key_tensor(&mut inputs, &model.config().key)?;
                 Ok(Decoded {
                     signature: signature.clone(),
@@ -520,7 +601,10 @@ fn refuse_repository_options(
 }
 
 /// The request's tensors, from `raw_input_contents` or typed `contents`.
-fn decode_inputs(r: &ModelInferRequest) -> Result<Vec<(String, Tensor)>, ServerError> {
+pub(crate) fn decode_inputs(
+    r: &ModelInferRequest,
+    rows_limit: Option<&Limits>,
+) -> Result<Vec<(String, Tensor)>, ServerError> {
     let use_raw = !r.raw_input_contents.is_empty();
     if use_raw && r.raw_input_contents.len() != r.inputs.len() {
         return Err(ServerError::BadRequest(format!(
@@ -533,6 +617,7 @@ fn decode_inputs(r: &ModelInferRequest) -> Result<Vec<(String, Tensor)>, ServerE
     for (ix, input) in r.inputs.iter().enumerate() {
         let data_type = codec::data_type_of(&input.name, &input.datatype)?;
         let shape = codec::shape_of(&input.name, &input.shape)?;
+        codec::check_declared_rows(&shape, rows_limit)?;
         let tensor = if use_raw {
             codec::decode_raw(&input.name, data_type, shape, &r.raw_input_contents[ix])?
         } else {

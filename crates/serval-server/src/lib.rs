@@ -17,6 +17,8 @@ pub mod batcher;
 pub mod budget;
 pub mod codec;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

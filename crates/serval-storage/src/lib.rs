@@ -222,11 +222,13 @@ impl RemoteRepository {
             tokio::fs::write(&partial, &bytes)
                 .await
                 .map_err(|e| cache_error(&partial, e))?;
+            fault_point("sync-partial");
             tokio::fs::rename(&partial, &local)
                 .await
                 .map_err(|e| cache_error(&local, e))?;
             manifest.insert(relative, stamp);
             report.downloaded += 1;
+            fault_point("sync-file");
         }
         let gone: Vec<String> = manifest
             .keys()
@@ -252,6 +254,19 @@ impl RemoteRepository {
             tracing::info!(url = %self.url, downloaded = report.downloaded, removed = report.removed, "mirrored repository");
         }
         Ok(report)
+    }
+}
+
+/// Kills the process here when `SERVAL_FAULT_POINT` names `step`: how tests check what a
+/// reader (or the next run) sees after a `kill -9` at each step of a commit or a sync.
+pub fn fault_point(step: &str) {
+    if std::env::var("SERVAL_FAULT_POINT").is_ok_and(|point| point == step) {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on this process's own id has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::{Result, ServerError};
 use crate::pipeline::{Limits, Pipeline};
 
 mod tfserving;
-mod v2;
+pub(crate) mod v2;
 
 pub use v2::server_extensions;
 
@@ -353,9 +353,18 @@ pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Resu
         .map_err(|e| ServerError::BadRequest(format!("malformed JSON request: {e}")))
 }
 
-/// A request body that must be a JSON object: serde's derived structs also take a list of their
-/// fields in order, so `[null, [[1, 2]]]` would otherwise pass for `{"instances": [[1, 2]]}`.
-struct Object<T>(T);
+/// A request body (or part of one) that must be a JSON object: serde's derived structs also
+/// take a list of their fields in order, so `[null, [[1, 2]]]` would otherwise pass for
+/// `{"instances": [[1, 2]]}`.
+pub(crate) struct Object<T>(pub T);
+
+impl<T> std::ops::Deref for Object<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

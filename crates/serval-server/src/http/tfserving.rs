@@ -220,7 +220,7 @@ async fn post_model(
     let response = state
         .pipeline
         .predict(target, &body.memory, |model| {
-            let (signature, decoded, is_columnar) = match decode_fast(&body.bytes, model) {
+            let (signature, decoded, is_columnar) = match decode_fast(&body.bytes, model, limits) {
                 Some((signature, decoded)) => (signature, decoded, false),
                 None => decode_slow(&body.bytes, model, limits, &body.memory)?,
             };
@@ -279,11 +279,16 @@ async fn post_model(
 /// pass without `serde_json::Value`s into the signature's name and its inputs. `None` for
 /// anything else, valid or not: the slow path decides (and names the error), so both paths
 /// answer every request the same way.
-fn decode_fast(bytes: &[u8], model: &serval_core::Model) -> Option<(String, DecodedInstances)> {
+fn decode_fast(
+    bytes: &[u8],
+    model: &serval_core::Model,
+    limits: &Limits,
+) -> Option<(String, DecodedInstances)> {
     let default = model.signature(None).ok()?;
     let seed = FastRequest(InstancesSeed {
         inputs: &default.inputs,
         key_name: &model.config().key,
+        max_instances: limits.max_instances,
     });
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let (name, decoded) = seed.deserialize(&mut de).ok()?;

@@ -14,8 +14,8 @@ use serval_core::instances::FlatView;
 use super::ModelPath;
 use crate::codec;
 use crate::error::{Result, ServerError};
-use crate::http::{AppState, header_timeout, json_bytes, parse_json, read_admitted_body};
-use crate::pipeline::{Decoded, RequestOptions, Target, take_key_tensor};
+use crate::http::{AppState, Object, header_timeout, json_bytes, parse_json, read_admitted_body};
+use crate::pipeline::{Decoded, Limits, RequestOptions, Target, take_key_tensor};
 use crate::store::VersionSelector;
 
 /// Header giving the JSON part's length when binary tensor data follows it.
@@ -25,7 +25,7 @@ const HEADER_LENGTH: &str = "inference-header-content-length";
 /// into its tensor, so no tree of values is ever built from a request's bulk.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferRequestBody<'a> {
+pub(crate) struct InferRequestBody<'a> {
     id: Option<String>,
     /// KServe's client names the model in the body as well as in the path.
     model_name: Option<String>,
@@ -33,9 +33,9 @@ struct InferRequestBody<'a> {
     #[serde(default, borrow)]
     parameters: Parameters<'a>,
     #[serde(borrow)]
-    inputs: Vec<InputTensor<'a>>,
+    inputs: Vec<Object<InputTensor<'a>>>,
     #[serde(borrow)]
-    outputs: Option<Vec<RequestedOutput<'a>>>,
+    outputs: Option<Vec<Object<RequestedOutput<'a>>>>,
 }
 
 /// OIP `parameters`: names to booleans, numbers or strings, as the protocol defines them. Kept
@@ -175,7 +175,8 @@ pub(super) async fn infer(
     let response = state
         .pipeline
         .predict(target, &body.memory, |model| {
-            let request: InferRequestBody = parse_json(json_part)?;
+            let rows_limit = model.is_batchable().then_some(state.pipeline.limits());
+            let (request, mut inputs, binary_wanted) = read_request(json_part, binary, rows_limit)?;
             check_named_target(&request, model, path_version.as_deref())?;
             let options = RequestOptions {
                 // Triton's schedule-policy extension: the timeout parameter is in microseconds.
@@ -195,9 +196,8 @@ pub(super) async fn infer(
                     .map(|outputs| outputs.iter().map(|o| o.name.clone()).collect()),
                 request_id: request.id.clone(),
             };
-            let mut inputs = decode_inputs(&request.inputs, binary)?;
             let keys = take_key_tensor(&mut inputs, &model.config().key)?;
-            binary_outputs = BinaryOutputs::of(&request)?;
+            binary_outputs = binary_wanted;
             let signature = parameter(&request.parameters, "signature_name", "a string", |v| {
                 v.as_str().map(str::to_owned)
             })?;
@@ -303,7 +303,7 @@ fn check_named_target(
 
 /// Which outputs a request wants as Triton binary parts rather than JSON.
 #[derive(Default)]
-struct BinaryOutputs {
+pub(crate) struct BinaryOutputs {
     all: bool,
     by_name: Vec<(String, bool)>,
 }
@@ -313,7 +313,10 @@ impl BinaryOutputs {
         let flag = |parameters, name| parameter(parameters, name, "a boolean", Value::as_bool);
         let mut by_name = Vec::new();
         for output in request.outputs.iter().flatten() {
-            if let Some(binary) = flag(&output.parameters, "binary_data")? {
+            let binary = flag(&output.parameters, "binary_data").map_err(|e| {
+                ServerError::BadRequest(format!("requested output '{}': {e}", output.name))
+            })?;
+            if let Some(binary) = binary {
                 by_name.push((output.name.clone(), binary));
             }
         }
@@ -331,12 +334,35 @@ impl BinaryOutputs {
     }
 }
 
+/// A request's tensors, as decoded.
+type Inputs = Vec<(String, Tensor)>;
+
+/// What `infer` reads from a body: its JSON part, its tensors from JSON `data` or the binary
+/// parts after it, and which outputs go back binary (the fuzz target's entry too). With
+/// `rows_limit` (a model that batches on axis 0), a tensor declaring more instances than the
+/// limit is refused before its values are read.
+pub(crate) fn read_request<'a>(
+    json_part: &'a [u8],
+    binary: &[u8],
+    rows_limit: Option<&Limits>,
+) -> Result<(InferRequestBody<'a>, Inputs, BinaryOutputs)> {
+    let request: InferRequestBody = parse_json(json_part)?;
+    let inputs = decode_inputs(&request.inputs, binary, rows_limit)?;
+    let binary_outputs = BinaryOutputs::of(&request)?;
+    Ok((request, inputs, binary_outputs))
+}
+
 /// The request's tensors, JSON `data` or Triton binary parts (taken in input order).
-fn decode_inputs(inputs: &[InputTensor], mut binary: &[u8]) -> Result<Vec<(String, Tensor)>> {
+fn decode_inputs(
+    inputs: &[Object<InputTensor>],
+    mut binary: &[u8],
+    rows_limit: Option<&Limits>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut decoded = Vec::with_capacity(inputs.len());
     for input in inputs {
         let data_type = codec::data_type_of(&input.name, &input.datatype)?;
         let shape = codec::shape_of(&input.name, &input.shape)?;
+        codec::check_declared_rows(&shape, rows_limit)?;
         let size = parameter(
             &input.parameters,
             "binary_data_size",

@@ -1,7 +1,7 @@
 //! The Open Inference Protocol v2 REST API (Triton, KServe, MLServer), with Triton's binary
 //! tensor extension: health, server and model metadata, model config, and `infer`.
 
-mod infer;
+pub(crate) mod infer;
 mod log;
 mod repository;
 mod stats;
