@@ -124,16 +124,70 @@ fn record_use(used: usize) {
 pub const LARGE_REQUEST_BYTES: usize = 1 << 20;
 
 /// Runs `decode` of a request of `bytes` bytes. A large one runs with its thread handed over
-/// to blocking work (the runtime moves the other connections to a fresh I/O thread), so that
-/// parsing a maximal body for a second does not stall health checks and small requests queued
-/// behind it. Small ones run in place: the hand-over costs more than they do.
+/// to blocking work (the runtime moves the other connections to a fresh I/O thread), and at
+/// most one core fewer than the machine has decode large requests at once, so that parsing
+/// maximal bodies does not stall health checks and small requests. Small ones run in place:
+/// the hand-over costs more than they do.
 pub(crate) fn off_io_threads<T>(bytes: usize, decode: impl FnOnce() -> T) -> T {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if bytes >= LARGE_REQUEST_BYTES && multi_thread {
-        tokio::task::block_in_place(decode)
+        tokio::task::block_in_place(|| {
+            let _slot = LargeDecodes::global().enter();
+            decode()
+        })
     } else {
         decode()
+    }
+}
+
+/// Slots for large decodes: a blocking wait, since it runs on threads already given over to
+/// blocking work (and under tonic's codec, which cannot await).
+struct LargeDecodes {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+    slots: usize,
+}
+
+impl LargeDecodes {
+    fn global() -> &'static LargeDecodes {
+        static GLOBAL: std::sync::OnceLock<LargeDecodes> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(|| LargeDecodes {
+            running: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            slots: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+        })
+    }
+
+    fn enter(&self) -> LargeDecodeSlot<'_> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *running >= self.slots {
+            running = self
+                .freed
+                .wait(running)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *running += 1;
+        LargeDecodeSlot(self)
+    }
+}
+
+/// A held slot of [`LargeDecodes`], given back when dropped.
+struct LargeDecodeSlot<'a>(&'a LargeDecodes);
+
+impl Drop for LargeDecodeSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *running -= 1;
+        self.0.freed.notify_one();
     }
 }
 
