@@ -293,7 +293,10 @@ async fn read_body(
     }
     let started = tokio::time::Instant::now();
     let mut body = body;
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // One buffer of the declared size: gathering chunks and joining them would hold the body
+    // twice, and copy it once more, on the I/O thread.
+    let mut whole = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut first: Option<Bytes> = None;
     let mut total = 0usize;
     loop {
         let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
@@ -323,14 +326,17 @@ async fn read_body(
             if declared.is_none() {
                 memory.grow(data.len())?;
             }
-            chunks.push(data);
+            // A body of one chunk is kept as it came, without a copy.
+            match first.take() {
+                None if whole.is_empty() => first = Some(data),
+                earlier => {
+                    whole.extend_from_slice(&earlier.unwrap_or_default());
+                    whole.extend_from_slice(&data);
+                }
+            }
         }
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.swap_remove(0),
-        _ => Bytes::from(chunks.concat()),
-    })
+    Ok(first.unwrap_or_else(|| whole.freeze()))
 }
 
 /// A JSON response from pre-serialized bytes.
