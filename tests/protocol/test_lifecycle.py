@@ -241,6 +241,9 @@ def test_kill_9_while_a_version_is_half_written_restarts_on_the_last_good_one(re
         try:
             entries = index(server)
             assert ready_versions(entries) == {1} and failed(entries), entries
+            # The reason names the file within the repository, not where the server keeps it.
+            reason = next(e["reason"] for e in entries if e["version"] == "2")
+            assert "model.onnx" in reason and str(repo) not in reason, reason
             res = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10)
             assert res.status_code == 200 and res.headers["serval-model-version"] == "1", res.text
             half.write(body[len(body) // 2:])

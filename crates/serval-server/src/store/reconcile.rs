@@ -48,7 +48,7 @@ impl ModelStore {
         let current = old.models.get(name);
         let config = match self.repository.config(name) {
             Ok(config) => config,
-            Err(err) => return keep_on_failure(name, current, old, next, err.to_string()),
+            Err(err) => return keep_on_failure(name, current, old, next, self.reason(&err)),
         };
         let desired = match self.repository.served_versions(name, &config) {
             Ok(desired) => desired,
@@ -59,9 +59,9 @@ impl ModelStore {
                     .versions_on_disk(name)
                     .is_ok_and(|v| v.is_empty()) =>
             {
-                return drop_model(name, current, old, next, err.to_string());
+                return drop_model(name, current, old, next, self.reason(&err));
             }
-            Err(err) => return keep_on_failure(name, current, old, next, err.to_string()),
+            Err(err) => return keep_on_failure(name, current, old, next, self.reason(&err)),
         };
         // `latest(n)` means the n newest versions that work: a broken newest version falls back
         // to the one before it instead of leaving the model on something older (or on nothing).
@@ -128,7 +128,7 @@ impl ModelStore {
                     tracing::error!(model = %name, version, error = %err, "version failed to load; not serving it");
                     metrics::record_load_failure(name, version);
                     next.version_failures
-                        .insert((name.to_owned(), version), err.to_string());
+                        .insert((name.to_owned(), version), self.reason(&err));
                     next.failed_fingerprint
                         .insert((name.to_owned(), version), fingerprint);
                     // Never replace a serving version with a broken one.
@@ -169,6 +169,18 @@ impl ModelStore {
                 unkeyed_requests: AtomicU64::new(0),
             }),
         );
+    }
+
+    /// Why a model or version does not load, as clients and the index show it: paths relative
+    /// to the repository, which is where the operator looks (and where a client has no business
+    /// learning the server's directory layout).
+    fn reason(&self, err: &serval_core::Error) -> String {
+        let text = err.to_string();
+        let root = self.repository.root().display().to_string();
+        match root.is_empty() {
+            true => text,
+            false => text.replace(&format!("{root}/"), "").replace(&root, "."),
+        }
     }
 
     fn load_version(
